@@ -1,0 +1,431 @@
+"""Numba kernels on binary codes: popcount distances, nearest-center scans, majority votes, MIH probes.
+
+Every kernel takes C-contiguous arrays and writes into output arrays that the caller allocates
+(scikit-learn's IN/OUT convention). Kernels never draw random numbers and never read module-level
+arrays: parallel kernels that read globals are not cached by Numba. The plain Python API lives in
+``core.hamming``, ``core.mih`` and ``core.bkmeans``.
+
+Ties between equally distant centers always go to the lowest center index, in every kernel, so
+that the brute-force scan and the multi-index search return identical labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+#: Larger than any Hamming distance between supported codes (at most 512 bits).
+FAR = np.int32(1 << 20)
+
+
+@intrinsic
+def _ctpop64(typingctx, x):
+    """LLVM's ctpop: one POPCNT instruction on x86-64 (numba has no builtin popcount)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@njit(inline="always", nogil=True, cache=True)
+def popcount64(x):
+    return _ctpop64(x)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def row_distance(a, i, b, j):
+    """Hamming distance between row ``i`` of ``a`` and row ``j`` of ``b``."""
+    d = 0
+    for w in range(a.shape[1]):
+        d += _ctpop64(a[i, w] ^ b[j, w])
+    return d
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def pairwise_distances(a, b, out):
+    """OUT ``out[i, j]`` = distance(a[i], b[j])."""
+    for i in prange(a.shape[0]):
+        for j in range(b.shape[0]):
+            out[i, j] = row_distance(a, i, b, j)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def paired_distances(a, b, out):
+    """OUT ``out[i]`` = distance(a[i], b[i])."""
+    for i in prange(a.shape[0]):
+        out[i] = row_distance(a, i, b, i)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def labelled_distances(points, centers, labels, out):
+    """OUT ``out[i]`` = distance(points[i], centers[labels[i]])."""
+    for i in prange(points.shape[0]):
+        out[i] = row_distance(points, i, centers, labels[i])
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def nearest_scan(points, rows, centers, labels, best, second):
+    """Exhaustive nearest center for ``points[rows]``.
+
+    IN/OUT ``labels``, ``best`` (indexed by point row): on entry a candidate (label, distance) or
+    (-1, FAR); on exit the nearest center. OUT ``second``: the smallest distance to any center other
+    than the winner (a lower bound the caller keeps for the next iteration).
+    """
+    n_centers = centers.shape[0]
+    for r in prange(rows.shape[0]):
+        i = rows[r]
+        best_d = FAR
+        best_c = -1
+        second_d = FAR
+        for c in range(n_centers):
+            d = row_distance(points, i, centers, c)
+            if d < best_d:
+                second_d = best_d
+                best_d = d
+                best_c = c
+            elif d < second_d:
+                second_d = d
+        labels[i] = best_c
+        best[i] = best_d
+        second[i] = second_d
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def nearest_among(points, rows, centers, subset, labels, best, lower):
+    """Let ``points[rows]`` move to a center of ``subset`` (sorted ascending) if it is nearer.
+
+    IN/OUT ``labels``/``best``: the current candidate, replaced when a subset center is nearer or
+    as near with a lower index. IN/OUT ``lower``: a lower bound on the distance to every center other
+    than the label; on exit it also covers the subset centers that did not win and the old label
+    when the point moved.
+    """
+    for r in prange(rows.shape[0]):
+        i = rows[r]
+        cur_c = labels[i]
+        cur_d = best[i]
+        low = lower[i]
+        for s in range(subset.shape[0]):
+            c = subset[s]
+            if c == cur_c:
+                continue
+            d = row_distance(points, i, centers, c)
+            if d < cur_d or (d == cur_d and c < cur_c):
+                if cur_d < low:
+                    low = cur_d
+                cur_d = d
+                cur_c = c
+            elif d < low:
+                low = d
+        labels[i] = cur_c
+        best[i] = cur_d
+        lower[i] = low
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def lower_min_distance(points, centers, c, dist):
+    """IN/OUT ``dist[i]`` = min(dist[i], distance(points[i], centers[c])) (k-means++ seeding)."""
+    for i in prange(points.shape[0]):
+        d = row_distance(points, i, centers, c)
+        if d < dist[i]:
+            dist[i] = d
+
+
+@njit(nogil=True, cache=True)
+def members_by_label(labels, n_clusters, offsets, order):
+    """Counting sort of point indices by label: OUT CSR ``offsets[k+1]`` and ``order[N]``."""
+    offsets[:] = 0
+    for i in range(labels.shape[0]):
+        offsets[labels[i] + 1] += 1
+    for c in range(n_clusters):
+        offsets[c + 1] += offsets[c]
+    fill = offsets[:-1].copy()
+    for i in range(labels.shape[0]):
+        c = labels[i]
+        order[fill[c]] = i
+        fill[c] += 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def majority_centers(points, offsets, order, old_centers, new_centers, sizes):
+    """Majority vote per bit over each cluster's members (the Bk-means center update).
+
+    A bit whose vote is tied keeps the value it had in the old center: any tie choice minimises the
+    summed distance equally, and keeping the old bit is deterministic and keeps centers from moving
+    for nothing, which keeps the drift bounds of the next assignment tight. An empty cluster keeps
+    its old center (the caller re-seeds it). OUT ``new_centers``, ``sizes``.
+    """
+    n_words = points.shape[1]
+    n_clusters = offsets.shape[0] - 1
+    for c in prange(n_clusters):
+        start = offsets[c]
+        stop = offsets[c + 1]
+        size = stop - start
+        sizes[c] = size
+        if size == 0:
+            for w in range(n_words):
+                new_centers[c, w] = old_centers[c, w]
+            continue
+        counts = np.zeros(64, dtype=np.int32)
+        for w in range(n_words):
+            counts[:] = 0
+            for p in range(start, stop):
+                word = points[order[p], w]
+                while word:
+                    # Walk only the set bits: codes are about half ones, so this halves the work.
+                    low = word & (~word + np.uint64(1))
+                    counts[_ctpop64(low - np.uint64(1))] += 1
+                    word ^= low
+            old = old_centers[c, w]
+            out = np.uint64(0)
+            for t in range(64):
+                twice = 2 * counts[t]
+                bit = np.uint64(1) << np.uint64(t)
+                if twice > size or (twice == size and (old & bit)):
+                    out |= bit
+            new_centers[c, w] = out
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-index hashing (Norouzi, Punjani & Fleet). The code is cut into m disjoint substrings; table j
+# is a CSR bucket array keyed by substring j. Pigeonhole: an item that differs from the query in at
+# most s bits in none of the substrings is at distance >= m * (s + 1), so searching every substring
+# out to radius s settles every item nearer than that.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(inline="always", nogil=True, cache=True)
+def substring_key(codes, i, word, shift, length):
+    """Bits [shift, shift + length) of word ``word`` of row ``i`` (continuing into the next word)."""
+    mask = (np.uint64(1) << np.uint64(length)) - np.uint64(1)
+    key = codes[i, word] >> np.uint64(shift)
+    if shift + length > 64:
+        key |= codes[i, word + 1] << np.uint64(64 - shift)
+    return np.int64(key & mask)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def substring_keys(codes, sub_word, sub_shift, sub_len, keys):
+    """OUT ``keys[j, i]``: substring j of code i."""
+    for i in prange(codes.shape[0]):
+        for j in range(sub_word.shape[0]):
+            keys[j, i] = substring_key(codes, i, sub_word[j], sub_shift[j], sub_len[j])
+
+
+@njit(nogil=True, cache=True)
+def build_tables(keys, table_base, offsets, items):
+    """CSR bucket tables from ``keys[m, n]``: OUT ``offsets`` (flat, table j at ``table_base[j]``,
+    ``2**len_j + 1`` entries) and ``items[j * n + p]`` (item ids in ascending order per bucket)."""
+    m, n = keys.shape
+    offsets[:] = 0
+    for j in range(m):
+        base = table_base[j]
+        for i in range(n):
+            offsets[base + keys[j, i] + 1] += 1
+        n_buckets = table_base[j + 1] - base - 1
+        for b in range(n_buckets):
+            offsets[base + b + 1] += offsets[base + b]
+        fill = offsets[base:base + n_buckets].copy()
+        for i in range(n):
+            b = keys[j, i]
+            items[j * n + fill[b]] = i
+            fill[b] += 1
+
+
+@njit(inline="always", nogil=True, cache=True)
+def next_combination(v):
+    """Gosper's hack: the next larger integer with the same number of set bits."""
+    c = v & -v
+    r = v + c
+    return (((r ^ v) >> 2) // c) | r
+
+
+@njit(nogil=True, cache=True)
+def mih_search_one(
+    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
+    n_tabled, stamp, stamp_value, max_distance, probe_budget, best_d, best_c,
+):
+    """Exact nearest item to ``queries[q]`` starting from the candidate (best_d, best_c).
+
+    Items ``n_tabled ..`` are not in the tables yet and are scanned directly. The search stops as
+    soon as the pigeonhole bound proves no unseen item can beat the candidate, or when every item
+    within ``max_distance`` has been seen (then a farther candidate may be returned), or when
+    it would exceed ``probe_budget`` bucket probes (then ``resolved`` is False).
+
+    Returns (best_d, best_c, second_d, lower, resolved): ``second_d`` is the smallest distance seen
+    to an item other than the winner and ``lower`` a bound on every unseen item.
+    """
+    m = sub_word.shape[0]
+    second_d = FAR
+    for c in range(n_tabled, items_codes.shape[0]):
+        if c == best_c:
+            continue
+        d = row_distance(queries, q, items_codes, c)
+        if d < best_d or (d == best_d and c < best_c):
+            if best_c >= 0 and best_d < second_d:
+                second_d = best_d
+            best_d = d
+            best_c = c
+        elif d < second_d:
+            second_d = d
+    if n_tabled == 0:
+        return best_d, best_c, second_d, FAR, True
+    min_len = 64
+    for j in range(m):
+        if sub_len[j] < min_len:
+            min_len = sub_len[j]
+    probes = 0
+    s = 0
+    while True:
+        # Settled: no unseen item can be nearer than m * s (all substrings searched to s - 1).
+        if best_d < m * s or m * s > max_distance:
+            return best_d, best_c, second_d, m * s, True
+        for j in range(m):
+            length = sub_len[j]
+            if s > length:
+                continue
+            n_masks = 1
+            for t in range(s):
+                n_masks = n_masks * (length - t) // (t + 1)
+            probes += n_masks
+            if probes > probe_budget:
+                return best_d, best_c, second_d, m * s, False
+            qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
+            base = table_base[j]
+            n = n_tabled
+            mask = (np.int64(1) << s) - 1
+            limit = np.int64(1) << length
+            while mask < limit:
+                key = qkey ^ mask
+                for p in range(offsets[base + key], offsets[base + key + 1]):
+                    c = items[j * n + p]
+                    if stamp[c] == stamp_value or c == best_c:
+                        continue
+                    stamp[c] = stamp_value
+                    d = row_distance(queries, q, items_codes, c)
+                    if d < best_d or (d == best_d and c < best_c):
+                        if best_c >= 0 and best_d < second_d:
+                            second_d = best_d
+                        best_d = d
+                        best_c = c
+                    elif d < second_d:
+                        second_d = d
+                if s == 0:
+                    break
+                mask = next_combination(mask)
+            if s == length:
+                # Every key of this substring was probed: every item has been seen.
+                return best_d, best_c, second_d, FAR, True
+            # Substrings 0..j searched to s, the rest to s - 1.
+            bound = (j + 1) * (s + 1) + (m - j - 1) * s
+            if best_d < bound:
+                return best_d, best_c, second_d, bound, True
+        s += 1
+        if s > min_len:
+            return best_d, best_c, second_d, FAR, True
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def mih_nearest(
+    queries, rows, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
+    max_distance, probe_budget, labels, best, lower, resolved,
+):
+    """MIH nearest for ``queries[rows]``; IN/OUT ``labels``/``best`` (candidate in, nearest out),
+    OUT ``lower`` (bound on every other item) and ``resolved`` (False: over budget, scan instead)."""
+    n_rows = rows.shape[0]
+    n_chunks = min(n_rows, 64)
+    for chunk in prange(n_chunks):
+        stamp = np.zeros(items_codes.shape[0], dtype=np.int32)
+        stamp_value = 0
+        for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+            i = rows[r]
+            stamp_value += 1
+            d, c, second_d, unseen, ok = mih_search_one(
+                queries, i, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
+                n_tabled, stamp, stamp_value, max_distance, probe_budget, best[i], labels[i],
+            )
+            labels[i] = c
+            best[i] = d
+            lower[i] = min(second_d, unseen)
+            resolved[i] = ok
+
+
+@njit(nogil=True, cache=True)
+def mih_range_one(
+    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
+    stamp, stamp_value, radius, out_idx, out_dist, emit,
+):
+    """Every item within ``radius`` of ``queries[q]``; writes them if ``emit``; returns the count."""
+    m = sub_word.shape[0]
+    count = 0
+    for c in range(n_tabled, items_codes.shape[0]):
+        d = row_distance(queries, q, items_codes, c)
+        if d <= radius:
+            if emit:
+                out_idx[count] = c
+                out_dist[count] = d
+            count += 1
+    if n_tabled == 0:
+        return count
+    s_max = radius // m
+    for s in range(s_max + 1):
+        for j in range(m):
+            length = sub_len[j]
+            if s > length:
+                continue
+            qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
+            base = table_base[j]
+            n = n_tabled
+            mask = (np.int64(1) << s) - 1
+            limit = np.int64(1) << length
+            while mask < limit:
+                key = qkey ^ mask
+                for p in range(offsets[base + key], offsets[base + key + 1]):
+                    c = items[j * n + p]
+                    if stamp[c] == stamp_value:
+                        continue
+                    stamp[c] = stamp_value
+                    d = row_distance(queries, q, items_codes, c)
+                    if d <= radius:
+                        if emit:
+                            out_idx[count] = c
+                            out_dist[count] = d
+                        count += 1
+                if s == 0:
+                    break
+                mask = next_combination(mask)
+            if s == length:
+                return count
+    return count
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def mih_range(
+    queries, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
+    radius, out_offsets, out_idx, out_dist, emit,
+):
+    """Range search for all queries. With ``emit`` False, OUT ``out_offsets[q + 1]`` = count;
+    with ``emit`` True, fills ``out_idx``/``out_dist`` at the given CSR offsets."""
+    n_q = queries.shape[0]
+    n_chunks = min(n_q, 64)
+    for chunk in prange(n_chunks):
+        stamp = np.zeros(items_codes.shape[0], dtype=np.int32)
+        stamp_value = 0
+        for q in range(chunk * n_q // n_chunks, (chunk + 1) * n_q // n_chunks):
+            stamp_value += 1
+            if emit:
+                start = out_offsets[q]
+                count = mih_range_one(
+                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
+                    n_tabled, stamp, stamp_value, radius, out_idx[start:], out_dist[start:], True,
+                )
+            else:
+                out_offsets[q + 1] = mih_range_one(
+                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
+                    n_tabled, stamp, stamp_value, radius, out_idx, out_dist, False,
+                )

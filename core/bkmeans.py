@@ -1,0 +1,362 @@
+"""Bk-means: k-means in Hamming space with binary centers (Gong et al., CVPR 2015).
+
+Each center is the per-bit majority vote of its members, which minimises the summed Hamming
+distance to them. Assignment is exact in every mode; the modes differ only in how much work they
+skip:
+
+* ``"brute"`` scans every center for every point, every iteration (the baseline).
+* ``"mih"`` keeps per-point bounds across iterations and searches the points whose bounds fail with
+  multi-index hashing over the centers.
+* ``"auto"`` keeps the same bounds and, point by point, searches with MIH where the distance to
+  beat is short enough for MIH to pay and with a linear scan where it is not.
+
+The bounds (after Hamerly): each point keeps the exact distance ``u`` to its own center and a lower
+bound ``l`` on the distance to every other center. When centers move, a single global drift is
+useless (a few centers move 50+ bits while most move none), so each iteration splits the centers by
+their own drift: centers that moved more than ``tau`` are checked explicitly for every point, and the
+bound of all the others only drops by ``tau``. ``tau`` is chosen every iteration to minimise the
+estimated work. A point whose ``u`` is strictly below ``l - tau`` cannot prefer any unmoved center,
+so only the moved ones are checked for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _kernels
+from .codes import check_codes
+from .mih import MultiIndexHash
+
+FAR = int(_kernels.FAR)
+# A bucket probe or candidate check in MIH is a dependent memory access; it costs about as much as
+# this many code-to-center distances in a linear scan (shared/anchors.md: 15-30).
+PROBE_COST_IN_PAIRS = 20.0
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """What one Bk-means iteration did; passed to ``callback`` and kept in ``history_``."""
+
+    iteration: int
+    n_changed: int
+    changed_fraction: float
+    inertia: int
+    n_searched: int
+    n_moved_centers: int
+    seconds: float
+    labels: np.ndarray  # read-only view of the labels after this iteration's assignment
+
+
+def _random_state(seed: Any) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return np.random.default_rng(seed)
+    raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(seed).__name__}")
+
+
+def _init_random(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct data points, uniformly."""
+    return codes[np.sort(rng.choice(codes.shape[0], size=k, replace=False))].copy()
+
+
+def _init_kmeans_pp(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy D^2 seeding (Arthur & Vassilvitskii; scikit-learn's variant) with Hamming distance.
+
+    Each step draws ``2 + log(k)`` candidates with probability proportional to the squared distance
+    to the nearest chosen center and keeps the one that lowers the potential most; plain D^2
+    seeding lands two seeds in one planted cluster too often. Costs about ``k log k`` passes over
+    the data, so it is only practical for modest k.
+    """
+    n = codes.shape[0]
+    n_trials = 2 + int(np.log(k))
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    dist = np.full(n, FAR, dtype=np.int32)
+    _kernels.lower_min_distance(codes, codes, chosen[0], dist)
+    for c in range(1, k):
+        weights = np.cumsum(dist.astype(np.float64) ** 2)
+        if weights[-1] == 0.0:  # fewer distinct codes than k: any code not chosen yet will do
+            remaining = np.setdiff1d(np.arange(n), chosen[:c])
+            chosen[c] = remaining[rng.integers(remaining.shape[0])]
+            continue
+        trials = np.minimum(np.searchsorted(weights, rng.random(n_trials) * weights[-1], side="right"), n - 1)
+        best_potential, best_dist = np.inf, dist
+        for trial in trials:
+            trial_dist = dist.copy()
+            _kernels.lower_min_distance(codes, codes, trial, trial_dist)
+            potential = float(np.dot(trial_dist.astype(np.float64), trial_dist))
+            if potential < best_potential:
+                best_potential, best_dist, chosen[c] = potential, trial_dist, trial
+        dist = best_dist
+    return codes[chosen].copy()
+
+
+INIT_METHODS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
+    "random": _init_random,
+    "k-means++": _init_kmeans_pp,
+}
+ASSIGN_METHODS = ("auto", "mih", "brute")
+
+
+class _Assigner:
+    """Exact nearest-center assignment with a per-point choice of MIH or linear scan."""
+
+    def __init__(self, method: str, points: np.ndarray) -> None:
+        self.method = method
+        self.points = points
+        self.index = MultiIndexHash()
+
+    def set_centers(self, centers: np.ndarray) -> None:
+        self.centers = centers
+        if self.method != "brute":
+            self.index.fit(centers)
+
+    def search(self, rows: np.ndarray, labels: np.ndarray, best: np.ndarray, lower: np.ndarray) -> None:
+        """Nearest center of ``points[rows]``. ``labels``/``best`` may hold a candidate (the current
+        center and its exact distance) or -1/FAR; on exit they hold the nearest, and ``lower`` the
+        exact or bounded distance to the runner-up."""
+        if rows.shape[0] == 0:
+            return
+        k = self.centers.shape[0]
+        if self.method == "brute":
+            _kernels.nearest_scan(self.points, rows, self.centers, labels, best, lower)
+            return
+        if self.method == "mih":
+            low, _ = self.index.search_into(self.points, rows, labels, best)
+            lower[rows] = low[rows]
+            return
+        # auto: MIH only where settling the candidate costs less than scanning all k centers. Points
+        # without a candidate try MIH within that budget and fall back to a scan.
+        budget = int(k / PROBE_COST_IN_PAIRS)
+        candidate = best[rows]
+        needed = np.where(candidate < FAR, self.index.probes_to_settle(np.minimum(candidate, FAR - 1)), 0)
+        use_mih = needed <= budget if budget >= self.index.n_substrings_ else np.zeros(rows.shape[0], bool)
+        mih_rows, scan_rows = rows[use_mih], rows[~use_mih]
+        if mih_rows.shape[0]:
+            low, ok = self.index.search_into(self.points, mih_rows, labels, best, probe_budget=budget)
+            lower[mih_rows] = low[mih_rows]
+            failed = mih_rows[~ok[mih_rows]]
+            if failed.shape[0]:
+                scan_rows = np.concatenate((scan_rows, failed))
+        if scan_rows.shape[0]:
+            _kernels.nearest_scan(self.points, scan_rows, self.centers, labels, best, lower)
+
+
+class BKMeans:
+    """Binary k-means in Hamming space.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of centers ``k`` (1 <= k <= number of codes).
+    max_iter : int
+        Maximum number of assignment + update rounds.
+    tol : float
+        Stop when the fraction of points that changed cluster in a round is at most ``tol``.
+    init : {"random", "k-means++"}
+        "random" picks k distinct data points; "k-means++" does D^2 seeding (k passes over the data,
+        so it is only practical for modest k).
+    assign : {"auto", "mih", "brute"}
+        How nearest centers are found; every mode gives identical labels (see the module docstring).
+    random_state : None, int or numpy Generator
+        Seed for the init and for nothing else; the same seed gives the same result.
+    callback : callable, optional
+        Called with an :class:`IterationInfo` after every round (progress bars).
+
+    Attributes
+    ----------
+    cluster_centers_ : uint64[k, n_bits/64]
+    labels_ : int64[N], nearest center of each training code (ties: lowest center index)
+    inertia_ : int, summed Hamming distance of the codes to their centers
+    n_iter_ : int, rounds run
+    history_ : list of IterationInfo
+
+    Notes
+    -----
+    A center bit whose vote is tied keeps its previous value. An empty cluster is re-seeded with
+    the code that is farthest from its own center (ties: lowest index), one distinct code per empty
+    cluster, in cluster order. After the last round the labels are recomputed against the final
+    centers, so ``labels_`` are always the nearest ``cluster_centers_``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        max_iter: int = 20,
+        tol: float = 1e-4,
+        init: str = "random",
+        assign: str = "auto",
+        random_state: Any = None,
+        callback: Callable[[IterationInfo], None] | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.assign = assign
+        self.random_state = random_state
+        self.callback = callback
+
+    def _validate(self, codes: np.ndarray) -> np.ndarray:
+        codes = check_codes(codes)
+        n = codes.shape[0]
+        for name in ("n_clusters", "max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        if n == 0:
+            raise ValueError("codes is empty; Bk-means needs at least one code")
+        if self.n_clusters > n:
+            raise ValueError(f"n_clusters={self.n_clusters} must be <= n_samples={n}")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.floating)) or not 0 <= self.tol <= 1:
+            raise ValueError(f"tol={self.tol!r} must be a number in [0, 1]")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"init={self.init!r} is not one of {sorted(INIT_METHODS)}")
+        if self.assign not in ASSIGN_METHODS:
+            raise ValueError(f"assign={self.assign!r} is not one of {list(ASSIGN_METHODS)}")
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError("callback must be callable")
+        return codes
+
+    def fit(self, codes: np.ndarray) -> "BKMeans":
+        """Cluster ``codes`` (uint64[N, n_bits/64])."""
+        codes = self._validate(codes)
+        rng = _random_state(self.random_state)
+        n, k = codes.shape[0], int(self.n_clusters)
+        centers = INIT_METHODS[self.init](codes, k, rng)
+        assigner = _Assigner(self.assign, codes)
+        assigner.set_centers(centers)
+
+        labels = np.full(n, -1, dtype=np.int64)
+        best = np.full(n, FAR, dtype=np.int32)
+        lower = np.full(n, FAR, dtype=np.int32)
+        all_rows = np.arange(n, dtype=np.int64)
+        offsets = np.empty(k + 1, dtype=np.int64)
+        order = np.empty(n, dtype=np.int64)
+        sizes = np.empty(k, dtype=np.int64)
+        drift: np.ndarray | None = None
+        self.history_: list[IterationInfo] = []
+
+        for iteration in range(1, self.max_iter + 1):
+            started = time.perf_counter()
+            previous = labels.copy()
+            n_searched, n_moved = self._assign_step(assigner, all_rows, labels, best, lower, drift)
+            n_changed = int(np.count_nonzero(labels != previous))
+            # Update: majority vote (tied bits keep their old value), then re-seed empty clusters.
+            new_centers = np.empty_like(centers)
+            _kernels.members_by_label(labels, k, offsets, order)
+            _kernels.majority_centers(codes, offsets, order, centers, new_centers, sizes)
+            self._reseed_empty(codes, new_centers, sizes, best)
+            drift = np.empty(k, dtype=np.int32)
+            _kernels.paired_distances(centers, new_centers, drift)
+            centers = new_centers
+            assigner.set_centers(centers)
+            self._record(iteration, n_changed, n, best, n_searched, n_moved, started, labels)
+            if iteration > 1 and n_changed <= self.tol * n:
+                break
+        if drift is not None and drift.any():
+            # Labels against the final centers, so that labels_ are the nearest cluster_centers_.
+            self._assign_step(assigner, all_rows, labels, best, lower, drift)
+
+        self.cluster_centers_ = centers
+        self.labels_ = labels
+        self.inertia_ = int(best.sum(dtype=np.int64))
+        self.n_iter_ = len(self.history_)
+        self.n_features_in_ = codes.shape[1] * 64
+        return self
+
+    def _assign_step(
+        self,
+        assigner: _Assigner,
+        all_rows: np.ndarray,
+        labels: np.ndarray,
+        best: np.ndarray,
+        lower: np.ndarray,
+        drift: np.ndarray | None,
+    ) -> tuple[int, int]:
+        """Exact assignment; returns (points searched in full, centers checked explicitly)."""
+        centers = assigner.centers
+        if drift is None or self.assign == "brute":
+            best[:] = FAR
+            labels[:] = -1
+            assigner.search(all_rows, labels, best, lower)
+            return all_rows.shape[0], 0
+        _kernels.labelled_distances(assigner.points, centers, labels, best)
+        tau = _choose_tau(drift, best, lower, centers.shape[0])
+        moved = np.flatnonzero(drift > tau).astype(np.int64)
+        lower -= tau
+        safe = best < lower
+        safe_rows = np.flatnonzero(safe).astype(np.int64)
+        if moved.shape[0] and safe_rows.shape[0]:
+            _kernels.nearest_among(assigner.points, safe_rows, centers, moved, labels, best, lower)
+        search_rows = np.flatnonzero(~safe).astype(np.int64)
+        assigner.search(search_rows, labels, best, lower)
+        return search_rows.shape[0], moved.shape[0]
+
+    @staticmethod
+    def _reseed_empty(codes: np.ndarray, centers: np.ndarray, sizes: np.ndarray, best: np.ndarray) -> None:
+        empty = np.flatnonzero(sizes == 0)
+        if empty.shape[0] == 0:
+            return
+        # Farthest codes first, lowest index among equals (a stable sort on -distance).
+        farthest = np.argsort(-best.astype(np.int64), kind="stable")[: empty.shape[0]]
+        centers[empty] = codes[farthest]
+
+    def _record(self, iteration, n_changed, n, best, n_searched, n_moved, started, labels) -> None:
+        view = labels.view()
+        view.flags.writeable = False
+        info = IterationInfo(
+            iteration=iteration,
+            n_changed=n_changed,
+            changed_fraction=n_changed / n,
+            inertia=int(best.sum(dtype=np.int64)),
+            n_searched=int(n_searched),
+            n_moved_centers=int(n_moved),
+            seconds=time.perf_counter() - started,
+            labels=view,
+        )
+        self.history_.append(info)
+        if self.callback is not None:
+            self.callback(info)
+
+    def predict(self, codes: np.ndarray) -> np.ndarray:
+        """Nearest fitted center of each code (exact; ties: lowest center index)."""
+        if not hasattr(self, "cluster_centers_"):
+            raise RuntimeError("this BKMeans is not fitted yet; call fit(codes) first")
+        codes = check_codes(codes, self.n_features_in_)
+        n = codes.shape[0]
+        labels = np.full(n, -1, dtype=np.int64)
+        best = np.full(n, FAR, dtype=np.int32)
+        lower = np.empty(n, dtype=np.int32)
+        assigner = _Assigner(self.assign, codes)
+        assigner.set_centers(self.cluster_centers_)
+        assigner.search(np.arange(n, dtype=np.int64), labels, best, lower)
+        return labels
+
+    def fit_predict(self, codes: np.ndarray) -> np.ndarray:
+        return self.fit(codes).labels_
+
+
+def _choose_tau(drift: np.ndarray, best: np.ndarray, lower: np.ndarray, k: int) -> int:
+    """The drift threshold ``tau`` that minimises the estimated distance computations.
+
+    With threshold t, the points whose bound gap ``lower - best`` is at most t are searched in full
+    (about k distances each) and every other point is checked against the centers that moved more
+    than t. Distances are small integers, so both counts come from histograms in linear time.
+    """
+    n = best.shape[0]
+    top = int(drift.max()) + 1
+    moved_upto = np.cumsum(np.bincount(drift, minlength=top))  # centers with drift <= t
+    n_moved = k - moved_upto
+    gap = np.clip(lower.astype(np.int64) - best, -1, top) + 1
+    failed = np.cumsum(np.bincount(gap, minlength=top + 2))[1 : top + 1]  # points with gap <= t
+    cost = (n - failed).astype(np.float64) * n_moved + failed.astype(np.float64) * k
+    return int(np.argmin(cost))

@@ -1,0 +1,237 @@
+"""Multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012) over a growing set of binary codes.
+
+Exact nearest-neighbour and range search in Hamming space. The codes are cut into ``m`` disjoint
+substrings and each substring indexes a CSR bucket table (flat numpy arrays, no Python dicts). By
+the pigeonhole principle, an item whose distance from the query is below ``m * (s + 1)`` matches the
+query within ``s`` bits in at least one substring, so probing every table out to radius ``s``
+settles every such item; the search grows ``s`` until the nearest candidate is settled.
+
+Items added after the tables were built are scanned directly until they make up a fixed fraction
+of the index; then the tables are rebuilt (a counting sort, linear time), so adding one window of
+centers at a time costs amortised linear time and every answer stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _kernels
+from .codes import check_codes
+
+MAX_SUBSTRING_BITS = 20  # a table has 2**bits buckets: 20 bits is 4 MiB of offsets per table
+UNLIMITED = np.iinfo(np.int64).max
+
+
+def auto_n_substrings(n_bits: int, n_items: int) -> int:
+    """m ~ n_bits / log2(n_items) (Norouzi et al.), so that a bucket holds about one item."""
+    m = round(n_bits / max(math.log2(max(n_items, 1)), 4.0))
+    return int(min(max(m, math.ceil(n_bits / MAX_SUBSTRING_BITS), 1), n_bits // 2))
+
+
+class MultiIndexHash:
+    """Exact Hamming-space search index over a set of codes that may grow.
+
+    Parameters
+    ----------
+    n_substrings : "auto" or int
+        Number of substrings ``m``. "auto" picks ``m`` from the code width and the number of items
+        at every rebuild; an int must leave substrings of 2 to 20 bits.
+    rebuild_fraction : float
+        Items added since the last build are scanned linearly until they exceed this fraction of
+        the tabled items; then the tables are rebuilt.
+
+    Ties between equally distant items go to the lowest item index, as in a brute-force scan.
+    """
+
+    def __init__(self, n_substrings: int | str = "auto", rebuild_fraction: float = 0.125) -> None:
+        self.n_substrings = n_substrings
+        self.rebuild_fraction = rebuild_fraction
+
+    # -- building -------------------------------------------------------------------------------
+    def _validate_params(self, n_bits: int) -> None:
+        m = self.n_substrings
+        if isinstance(m, str):
+            if m != "auto":
+                raise ValueError(f"n_substrings={m!r} must be 'auto' or an integer")
+        elif isinstance(m, bool) or not isinstance(m, (int, np.integer)):
+            raise TypeError(f"n_substrings must be 'auto' or an integer, got {type(m).__name__}")
+        elif not (math.ceil(n_bits / MAX_SUBSTRING_BITS) <= m <= n_bits // 2):
+            raise ValueError(
+                f"n_substrings={m} must be between {math.ceil(n_bits / MAX_SUBSTRING_BITS)} and "
+                f"{n_bits // 2} for {n_bits}-bit codes (substrings of 2 to {MAX_SUBSTRING_BITS} bits)"
+            )
+        if not (0.0 < float(self.rebuild_fraction) <= 1.0):
+            raise ValueError(f"rebuild_fraction={self.rebuild_fraction!r} must be in (0, 1]")
+
+    def fit(self, codes: np.ndarray) -> "MultiIndexHash":
+        """Index ``codes`` as items ``0 .. len(codes) - 1``."""
+        codes = check_codes(codes)
+        self._validate_params(codes.shape[1] * 64)
+        self.n_bits_ = codes.shape[1] * 64
+        self._buffer = np.array(codes, dtype=np.uint64, order="C", copy=True)
+        self.n_items_ = codes.shape[0]
+        self._build()
+        return self
+
+    def add(self, codes: np.ndarray) -> np.ndarray:
+        """Append items; returns their ids ``n_items_ .. n_items_ + len(codes) - 1``."""
+        self._check_fitted()
+        codes = check_codes(codes, self.n_bits_)
+        start, stop = self.n_items_, self.n_items_ + codes.shape[0]
+        if stop > self._buffer.shape[0]:
+            grown = np.empty((max(stop, 2 * self._buffer.shape[0], 1024), self._buffer.shape[1]), np.uint64)
+            grown[:start] = self._buffer[:start]
+            self._buffer = grown
+        self._buffer[start:stop] = codes
+        self.n_items_ = stop
+        if stop - self._n_tabled > self.rebuild_fraction * max(self._n_tabled, 1024):
+            self._build()
+        return np.arange(start, stop, dtype=np.int64)
+
+    @property
+    def codes_(self) -> np.ndarray:
+        """The indexed codes, ``uint64[n_items_, n_bits_/64]`` (a read-only view)."""
+        self._check_fitted()
+        view = self._buffer[: self.n_items_]
+        view.flags.writeable = False
+        return view
+
+    def _build(self) -> None:
+        n = self.n_items_
+        m = auto_n_substrings(self.n_bits_, n) if self.n_substrings == "auto" else int(self.n_substrings)
+        lengths = np.full(m, self.n_bits_ // m, dtype=np.int64)
+        lengths[: self.n_bits_ % m] += 1
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self._sub_word = (starts // 64).astype(np.int64)
+        self._sub_shift = (starts % 64).astype(np.int64)
+        self._sub_len = lengths
+        self._table_base = np.concatenate(([0], np.cumsum((1 << lengths) + 1))).astype(np.int64)
+        keys = np.empty((m, n), dtype=np.int64)
+        items = self._buffer[:n]
+        _kernels.substring_keys(items, self._sub_word, self._sub_shift, self._sub_len, keys)
+        self._offsets = np.empty(self._table_base[-1], dtype=np.int64)
+        self._items = np.empty(m * n, dtype=np.int32)
+        _kernels.build_tables(keys, self._table_base, self._offsets, self._items)
+        self._n_tabled = n
+        self.n_substrings_ = m
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_items_"):
+            raise RuntimeError("this MultiIndexHash is not fitted yet; call fit(codes) first")
+
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return check_codes(queries, self.n_bits_, name="queries")
+
+    # -- searching ------------------------------------------------------------------------------
+    def search_into(
+        self,
+        queries: np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        best: np.ndarray,
+        max_distance: int = _kernels.FAR,
+        probe_budget: int = UNLIMITED,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Low-level exact nearest for ``queries[rows]``, for callers that keep bounds (Bk-means).
+
+        ``labels``/``best`` hold a candidate (or -1 / FAR) on entry and the nearest on exit.
+        Returns ``(lower, resolved)`` indexed by query row: ``lower`` bounds the distance to every
+        item other than the winner; where ``resolved`` is False the probe budget ran out and the
+        row's answer is not exact (scan it instead).
+        """
+        n = queries.shape[0]
+        lower = np.full(n, _kernels.FAR, dtype=np.int32)
+        resolved = np.ones(n, dtype=np.bool_)
+        if rows.shape[0] and self.n_items_:
+            _kernels.mih_nearest(
+                queries, rows, self._buffer[: self.n_items_], self._sub_word, self._sub_shift,
+                self._sub_len, self._table_base, self._offsets, self._items, self._n_tabled,
+                int(max_distance), int(probe_budget), labels, best, lower, resolved,
+            )
+        return lower, resolved
+
+    def probes_to_settle(self, distance: np.ndarray) -> np.ndarray:
+        """Bucket probes an exact search needs to settle a candidate at ``distance`` (per element).
+
+        Lets a caller choose, point by point, between this index and a linear scan.
+        """
+        self._check_fitted()
+        m = self.n_substrings_
+        length = int(self._sub_len.min())
+        # probes through radius s: m * sum_{t<=s} C(length, t); the search settles d at s = d // m.
+        per_radius = np.array([m * math.comb(length, t) for t in range(length + 1)], dtype=np.float64)
+        cumulative = np.cumsum(per_radius)
+        s = np.minimum(np.asarray(distance) // m, length)
+        return cumulative[s]
+
+    def nearest(self, queries: np.ndarray, max_distance: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact nearest item of each query: ``(indices int64, distances int32)``.
+
+        Ties go to the lowest item index. With ``max_distance``, queries with no item that close
+        get -1 / -1 (and the search stops early). An empty index gives -1 / -1.
+        """
+        queries = self._check_queries(queries)
+        limit = _kernels.FAR if max_distance is None else _check_radius(max_distance, self.n_bits_, "max_distance")
+        n = queries.shape[0]
+        labels = np.full(n, -1, dtype=np.int64)
+        best = np.full(n, _kernels.FAR, dtype=np.int32)
+        self.search_into(queries, np.arange(n, dtype=np.int64), labels, best, max_distance=limit)
+        missing = (labels < 0) | (best > limit)
+        labels[missing] = -1
+        best[missing] = -1
+        return labels, best
+
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every item within ``radius`` of each query, as CSR ``(offsets, indices, distances)``.
+
+        The items of query ``q`` are ``indices[offsets[q]:offsets[q + 1]]``, sorted by distance and
+        then by index.
+        """
+        queries = self._check_queries(queries)
+        radius = _check_radius(radius, self.n_bits_, "radius")
+        n = queries.shape[0]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        no_idx = np.empty(0, dtype=np.int64)
+        no_dist = np.empty(0, dtype=np.int32)
+        if n == 0 or self.n_items_ == 0:
+            return offsets, no_idx, no_dist
+        args = (
+            queries, self._buffer[: self.n_items_], self._sub_word, self._sub_shift, self._sub_len,
+            self._table_base, self._offsets, self._items, self._n_tabled, radius, offsets,
+        )
+        _kernels.mih_range(*args, no_idx, no_dist, False)
+        np.cumsum(offsets, out=offsets)
+        indices = np.empty(offsets[-1], dtype=np.int64)
+        distances = np.empty(offsets[-1], dtype=np.int32)
+        _kernels.mih_range(*args, indices, distances, True)
+        query_of = np.repeat(np.arange(n), np.diff(offsets))
+        order = np.lexsort((indices, distances, query_of))
+        return offsets, indices[order], distances[order]
+
+    # -- state ----------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild an identical index (tables are derived, not saved)."""
+        self._check_fitted()
+        return {
+            "codes": self.codes_.copy(),
+            "n_substrings": self.n_substrings,
+            "rebuild_fraction": float(self.rebuild_fraction),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "MultiIndexHash":
+        m = state["n_substrings"]
+        m = m if isinstance(m, str) else int(m)
+        return cls(n_substrings=m, rebuild_fraction=float(state["rebuild_fraction"])).fit(state["codes"])
+
+
+def _check_radius(value: int, n_bits: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= int(value) <= n_bits:
+        raise ValueError(f"{name}={value} must be between 0 and {n_bits}")
+    return int(value)

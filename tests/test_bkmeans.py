@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+
+from core.bkmeans import BKMeans
+from core.codes import unpack_bits
+from helpers import flip_bits, random_codes, reference_distances
+
+try:
+    from core.metrics import purity
+except ImportError:  # pragma: no cover
+    purity = None
+
+
+def planted(n, k, p, n_bits=256, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = random_codes(rng, k, n_bits)
+    truth = rng.permutation(np.arange(n) % k)
+    return flip_bits(rng, centers[truth], p), truth
+
+
+def _per_iteration(method, codes, k, **kw):
+    snapshots = []
+    model = BKMeans(k, assign=method, callback=lambda info: snapshots.append(info.labels.copy()), **kw).fit(codes)
+    return model, snapshots
+
+
+@pytest.mark.parametrize("n_bits,p", [(256, 0.1), (256, 0.25), (64, 0.1), (128, 0.3)])
+def test_mih_auto_and_brute_agree_label_for_label(n_bits, p):
+    codes, _ = planted(3000, 60, p, n_bits, seed=n_bits)
+    runs = {m: _per_iteration(m, codes, 60, max_iter=8, tol=0, random_state=4) for m in ("brute", "mih", "auto")}
+    brute, brute_snaps = runs["brute"]
+    for method in ("mih", "auto"):
+        model, snaps = runs[method]
+        assert len(snaps) == len(brute_snaps)
+        for a, b in zip(snaps, brute_snaps):
+            assert np.array_equal(a, b)
+        assert np.array_equal(model.labels_, brute.labels_)
+        assert np.array_equal(model.cluster_centers_, brute.cluster_centers_)
+        assert model.inertia_ == brute.inertia_
+
+
+def test_labels_are_exact_nearest_and_objective_never_increases():
+    codes, _ = planted(2000, 40, 0.15, seed=1)
+    model = BKMeans(40, max_iter=15, tol=0, random_state=0).fit(codes)
+    d = reference_distances(codes, model.cluster_centers_)
+    assert np.array_equal(model.labels_, d.argmin(axis=1))
+    assert model.inertia_ == int(d.min(axis=1).sum())
+    inertias = [h.inertia for h in model.history_] + [model.inertia_]
+    assert all(b <= a for a, b in zip(inertias, inertias[1:]))
+    assert inertias[-1] < inertias[0]
+
+
+def test_centers_are_majority_votes_of_members():
+    codes, _ = planted(1500, 30, 0.2, seed=2)
+    # Stop after a round without the final re-assignment so the centers are votes of labels_:
+    # with tol=1 the fit stops after round 2, and the last labels are those the centers were voted from.
+    snaps = []
+    model = BKMeans(30, max_iter=3, tol=0, random_state=1, callback=lambda i: snaps.append(i.labels.copy())).fit(codes)
+    labels = snaps[-1]
+    bits = unpack_bits(codes).astype(np.int64)
+    center_bits = unpack_bits(model.cluster_centers_)
+    for c in range(30):
+        members = bits[labels == c]
+        if len(members) == 0:
+            continue
+        ones = 2 * members.sum(axis=0)
+        decided = ones != len(members)
+        assert np.array_equal(center_bits[c][decided], (ones > len(members))[decided])
+
+
+def test_seeded_runs_repeat_exactly_and_seeds_matter():
+    codes, _ = planted(2000, 50, 0.1, seed=3)
+    a = BKMeans(50, random_state=11, init="k-means++").fit(codes)
+    b = BKMeans(50, random_state=11, init="k-means++").fit(codes)
+    c = BKMeans(50, random_state=12, init="k-means++").fit(codes)
+    assert np.array_equal(a.labels_, b.labels_) and np.array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
+
+
+@pytest.mark.skipif(purity is None, reason="core.metrics not available")
+@pytest.mark.parametrize("init", ["random", "k-means++"])
+def test_planted_purity(init):
+    codes, truth = planted(10000, 100, 0.1, seed=5)
+    model = BKMeans(100, max_iter=20, init=init, random_state=0).fit(codes)
+    assert purity(model.labels_, truth) >= 0.95
+
+
+def test_empty_clusters_are_reseeded_and_predict_matches():
+    rng = np.random.default_rng(0)
+    codes = np.repeat(random_codes(rng, 5, 256), 20, axis=0)  # only 5 distinct codes, k = 8
+    codes = np.concatenate([codes, random_codes(rng, 3, 256)])
+    model = BKMeans(8, max_iter=10, random_state=0).fit(codes)
+    assert np.array_equal(model.predict(codes), model.labels_)
+    assert model.cluster_centers_.shape == (8, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"n_clusters": 8}, ValueError, r"n_clusters=8 must be <= n_samples=3"),
+        ({"n_clusters": 0}, ValueError, r"n_clusters=0 must be >= 1"),
+        ({"n_clusters": 2, "max_iter": 0}, ValueError, r"max_iter=0 must be >= 1"),
+        ({"n_clusters": 2, "tol": -1}, ValueError, r"tol=-1 must be a number in \[0, 1\]"),
+        ({"n_clusters": 2, "init": "kmeans"}, ValueError, r"init='kmeans' is not one of \['k-means\+\+', 'random'\]"),
+        ({"n_clusters": 2, "assign": "faiss"}, ValueError, r"assign='faiss' is not one of"),
+        ({"n_clusters": 2.5}, TypeError, r"n_clusters must be an integer"),
+        ({"n_clusters": 2, "random_state": "x"}, TypeError, r"random_state must be"),
+    ],
+)
+def test_bad_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        BKMeans(**kwargs).fit(np.zeros((3, 4), np.uint64))
+
+
+def test_bad_codes():
+    with pytest.raises(TypeError, match="dtype uint64"):
+        BKMeans(2).fit(np.zeros((3, 32), np.uint8))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        BKMeans(2).predict(np.zeros((3, 4), np.uint64))

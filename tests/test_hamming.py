@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from core.hamming import hamming_distances, nearest_brute, paired_distances
+from helpers import random_codes, reference_distances, reference_nearest
+
+
+@pytest.mark.parametrize("n_bits", [64, 128, 256, 512])
+def test_distances_match_unpackbits(n_bits):
+    rng = np.random.default_rng(n_bits)
+    a, b = random_codes(rng, 40, n_bits), random_codes(rng, 30, n_bits)
+    expected = reference_distances(a, b)
+    assert np.array_equal(hamming_distances(a, b), expected)
+    assert np.array_equal(paired_distances(a, a[::-1]), reference_distances(a, a[::-1]).diagonal())
+
+
+def test_nearest_ties_go_to_lowest_index():
+    rng = np.random.default_rng(1)
+    centers = random_codes(rng, 50, 256)
+    centers[30] = centers[7]  # duplicate: the lower index must win
+    points = np.concatenate([centers[[30, 7]], random_codes(rng, 100, 256)])
+    labels, dist = nearest_brute(points, centers)
+    ref_labels, ref_dist = reference_nearest(points, centers)
+    assert np.array_equal(labels, ref_labels) and np.array_equal(dist, ref_dist)
+    assert labels[0] == 7 and labels[1] == 7
+
+
+def test_width_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="256-bit codes but centers are 64-bit"):
+        nearest_brute(np.zeros((1, 4), np.uint64), np.zeros((1, 1), np.uint64))
