@@ -114,6 +114,7 @@ class _Assigner:
 
     def set_centers(self, centers: np.ndarray) -> None:
         self.centers = centers
+        self.centers_t = np.ascontiguousarray(centers.T)  # the scan kernel reads word columns
         if self.method != "brute":
             self.index.fit(centers)
 
@@ -125,7 +126,7 @@ class _Assigner:
             return
         k = self.centers.shape[0]
         if self.method == "brute":
-            _kernels.nearest_scan(self.points, rows, self.centers, labels, best, lower)
+            _kernels.nearest_scan(self.points, rows, self.centers_t, labels, best, lower)
             return
         if self.method == "mih":
             low, _ = self.index.search_into(self.points, rows, labels, best)
@@ -145,7 +146,7 @@ class _Assigner:
             if failed.shape[0]:
                 scan_rows = np.concatenate((scan_rows, failed))
         if scan_rows.shape[0]:
-            _kernels.nearest_scan(self.points, scan_rows, self.centers, labels, best, lower)
+            _kernels.nearest_scan(self.points, scan_rows, self.centers_t, labels, best, lower)
 
 
 class BKMeans:

@@ -47,6 +47,6 @@ def nearest_brute(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, 
     best = np.full(n, _kernels.FAR, dtype=np.int32)
     second = np.empty(n, dtype=np.int32)
     if n and centers.shape[0]:
-        _kernels.nearest_scan(points, np.arange(n, dtype=np.int64), centers, labels, best, second)
+        _kernels.nearest_scan(points, np.arange(n, dtype=np.int64), np.ascontiguousarray(centers.T), labels, best, second)
     best[labels < 0] = -1
     return labels, best

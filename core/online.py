@@ -1,0 +1,723 @@
+"""Online clustering of a stream of binary photo hashes (Gong et al., CVPR 2015, Algorithm 2).
+
+A web-scale stream never fits in one Bk-means run, so it is clustered one window at a time:
+
+1. The window's items, together with the *pending pool* (items held back by earlier windows, which
+   get another chance), are matched against every existing center with multi-index hashing. An item
+   within Hamming distance ``radius`` of a center joins the nearest one (ties: lowest cluster id).
+2. The items that joined nothing are clustered with Bk-means into ``new_centers_ratio`` times as many
+   clusters as there are items. Members farther than ``radius`` from their Bk-means center are held
+   back; a Bk-means cluster with fewer than ``min_cluster_size`` members within ``radius`` is dropped
+   and all its members are held back. Every surviving cluster is *founded*: its center is appended to
+   the center set under the next sequential cluster id.
+3. Held-back items wait in the pending pool, which is bounded (``pending_capacity``, optionally
+   ``pending_max_windows``); items pushed out of it are declared noise.
+
+Why centers never move once founded: downstream consumers key everything by cluster id, and a center
+that drifted would silently change what an id means and make earlier joins inconsistent with later
+ones. Moving a center by majority vote would also need the per-bit vote counts of every cluster
+(``n_bits`` counters per center: 1 KiB per center at 256 bits, a gigabyte per million clusters) to be
+kept and persisted. A founded center is the majority of at least ``min_cluster_size`` members, which
+is already a good estimate of the true center (with 10 members and bit noise 0.1, each center bit is
+wrong with probability ~0.002).
+
+Nothing is ever dropped silently. Each window's :class:`WindowResult` has exactly one row per input
+item (JOINED, FOUNDED, HELD, or NOISE when the pool had no room for it at all), plus one row for every
+earlier held item that reached its final outcome in this window (JOINED, FOUNDED, or NOISE after
+eviction/expiry). So every item gets exactly one final outcome (JOINED, FOUNDED or NOISE), possibly
+preceded by one HELD row in the window that first saw it; :meth:`OnlineClusterer.flush` declares the
+remaining pool noise.
+
+Everything is pure, synchronous and deterministic: with the same ``random_state`` and the same
+inputs (including ``now``) the outcomes are identical, also across :meth:`~OnlineClusterer.export_state`
+/ :meth:`~OnlineClusterer.from_state`, because the Bk-means seed of window ``w`` is derived from the
+root seed and ``w`` alone.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from .bkmeans import FAR, PROBE_COST_IN_PAIRS, BKMeans
+from .codes import DEFAULT_BITS, check_codes, check_n_bits
+from .hamming import nearest_brute, paired_distances
+from .mih import MultiIndexHash
+
+NO_CLUSTER = -1
+STATE_FORMAT = 1
+_SEED_LIMIT = 1 << 64  # seeds are stored as (msgpack-able) unsigned 64-bit integers
+_ID_ENCODING = ("utf-8", "surrogatepass")  # round-trips every Python str, lone surrogates included
+
+
+class Outcome(IntEnum):
+    """What happened to an item in a window (stored as ``np.uint8`` in :class:`WindowResult`)."""
+
+    JOINED = 0  # within ``radius`` of an existing center: final
+    FOUNDED = 1  # member of a cluster founded in this window: final
+    HELD = 2  # waiting in the pending pool; a later window reports its final outcome
+    NOISE = 3  # evicted from (or never admitted to) the pending pool, or flushed: final
+
+
+@dataclass(frozen=True, eq=False)
+class WindowResult:
+    """The outcome of one window, as flat arrays (cheap for millions of items).
+
+    Rows ``0 .. n_new - 1`` are this window's input items in input order (outcome JOINED, FOUNDED,
+    HELD, or NOISE if the pending pool could not take them); rows ``n_new ..`` are items held back by
+    earlier windows that reached their final outcome now, oldest first (``first_window`` tells when
+    they arrived). ``cluster`` and ``distance`` are -1 unless the item JOINED or FOUNDED a cluster.
+    """
+
+    window: int  # 0-based number of this window (flush() counts as a window)
+    ids: list[str]
+    outcome: np.ndarray  # uint8, values of Outcome
+    cluster: np.ndarray  # int64, cluster id or -1
+    distance: np.ndarray  # int32, Hamming distance to the cluster's center or -1
+    first_seen: np.ndarray  # float64, the ``now`` of the window that first saw the item
+    first_window: np.ndarray  # int64, the window that first saw the item
+    n_new: int  # number of input items of this window (the first n_new rows)
+    now: float  # timestamp used for this window
+    n_joined: int
+    n_founded: int
+    n_held: int
+    n_noise: int
+    n_new_clusters: int  # clusters founded in this window: ids n_clusters - n_new_clusters ..
+    n_clusters: int  # clusters after this window
+    n_pending: int  # pending pool size after this window
+    n_candidates: int  # items that went to Bk-means (joined nothing)
+    n_bkmeans_clusters: int  # k of this window's Bk-means run (0 if it did not run)
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def new_cluster_ids(self) -> np.ndarray:
+        """Ids of the clusters founded in this window."""
+        return np.arange(self.n_clusters - self.n_new_clusters, self.n_clusters, dtype=np.int64)
+
+    @property
+    def touched_clusters(self) -> np.ndarray:
+        """Sorted ids of clusters whose size/updated_ts changed (joined or founded): the rows a
+        key-value table of centers has to rewrite after this window."""
+        return np.unique(self.cluster[self.cluster >= 0])
+
+    @property
+    def is_final(self) -> np.ndarray:
+        """Boolean mask of rows that carry an item's final outcome (everything except HELD)."""
+        return self.outcome != Outcome.HELD
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name}={value} must be {bounds}")
+    return value
+
+
+def _check_time(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (seconds), got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be finite")
+    return value
+
+
+def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as one UTF-8 blob plus byte offsets: numpy ``<U`` arrays would drop trailing NULs."""
+    encoded = [s.encode(*_ID_ENCODING) for s in ids]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    if encoded:
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return blob, offsets
+
+
+def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = blob.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b].decode(*_ID_ENCODING) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class OnlineClusterer:
+    """Cluster a stream of binary codes window by window, with stable cluster ids.
+
+    Parameters
+    ----------
+    n_bits : int
+        Code width (64, 128, 256 or 512).
+    window_size : int
+        Most input items one :meth:`process` call accepts. The stream layer decides when a window is
+        complete (full or timed out); a window may be smaller, never larger, so memory stays bounded.
+    new_centers_ratio : float in (0, 1]
+        Bk-means runs with ``max(1, round(ratio * n_candidates))`` clusters on the items that joined
+        nothing (the paper's choice; 0.1 gives clusters of ~10 on average, so a true cluster with many
+        members in one window is split into several clusters, each founded separately).
+    radius : int in [0, n_bits] or None
+        Hamming radius for joining a center and for being counted as a member of a new cluster.
+        None means ``n_bits // 4`` (64 for 256 bits). Why: with per-bit noise p a member lies
+        ~Binomial(n_bits, p) from its center (25.6 ± 4.8 at p = 0.1, 256 bits) while unrelated codes
+        lie ~n_bits/2 (128 ± 8) apart, so n_bits/4 is about 8 standard deviations from both and admits
+        members up to p ≈ 0.17. Larger radii make the MIH join search slower.
+    min_cluster_size : int >= 1
+        A new cluster is founded only with at least this many members within ``radius`` in its
+        window (the paper's ``t``; 10 by default).
+    pending_capacity : int >= 0 or None
+        Most items in the pending pool; None means ``window_size``, so a Bk-means run sees at most
+        twice a window. On overflow the oldest items (by arrival: window, then input position) are
+        evicted as NOISE. 0 turns every held-back item into NOISE at once.
+    pending_max_windows : int >= 0 or None
+        An item first seen in window ``w`` is retried in windows ``w + 1 .. w + pending_max_windows``
+        and becomes NOISE at the end of window ``w + pending_max_windows`` if still unclustered
+        (0: never retried). None: no age limit, only the capacity bound.
+    max_iter : int >= 1
+        Bk-means iterations per window.
+    random_state : None, int in [0, 2**64) or numpy Generator
+        Root seed, resolved once at first use into ``seed_`` (None draws fresh entropy; a Generator is
+        drawn from once) and saved by :meth:`export_state`. Window ``w`` seeds Bk-means with
+        ``SeedSequence(seed_, spawn_key=(w,))``, so results do not depend on history or restarts.
+
+    Attributes (available after first use)
+    ----------
+    centers_ : uint64[C, n_bits/64], read-only; row ``c`` is the center of cluster ``c``
+    sizes_ : int64[C], items that joined or founded each cluster
+    created_ts_, updated_ts_ : float64[C], ``now`` of the founding / latest joining window
+    n_clusters_, n_windows_, n_pending_ : int
+    pending_ids_, pending_codes_, pending_first_seen_, pending_first_window_ : the pending pool,
+        oldest first
+    seed_ : int
+
+    Notes
+    -----
+    Duplicate ids (a producer resending a photo after a crash) are not detected: every occurrence is
+    processed as a separate photo and gets its own row and final outcome, and counts in ``sizes_``.
+    Keeping a seen-id set would cost memory proportional to the whole stream; deduplicate upstream
+    (or downstream by id) where it matters.
+
+    Parameters are re-read and re-validated on every call; ``n_bits`` and the seed are fixed at
+    first use.
+    """
+
+    def __init__(
+        self,
+        n_bits: int = DEFAULT_BITS,
+        window_size: int = 1_000_000,
+        new_centers_ratio: float = 0.1,
+        radius: int | None = None,
+        min_cluster_size: int = 10,
+        pending_capacity: int | None = None,
+        pending_max_windows: int | None = None,
+        max_iter: int = 10,
+        random_state: Any = None,
+    ) -> None:
+        self.n_bits = n_bits
+        self.window_size = window_size
+        self.new_centers_ratio = new_centers_ratio
+        self.radius = radius
+        self.min_cluster_size = min_cluster_size
+        self.pending_capacity = pending_capacity
+        self.pending_max_windows = pending_max_windows
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    # -- validation and lazy state ----------------------------------------------------------------
+    def _validate(self) -> None:
+        """Check every parameter; set the resolved values (``radius_``, ``pending_capacity_``...)."""
+        n_bits = check_n_bits(self.n_bits)
+        if hasattr(self, "n_bits_") and n_bits != self.n_bits_:
+            raise ValueError(f"n_bits={n_bits} cannot change after first use (the centers are {self.n_bits_}-bit)")
+        window_size = _check_int("window_size", self.window_size, 1)
+        ratio = self.new_centers_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+            raise TypeError(f"new_centers_ratio must be a real number, got {ratio!r} ({type(ratio).__name__})")
+        if not 0.0 < float(ratio) <= 1.0:  # also rejects NaN
+            raise ValueError(f"new_centers_ratio={ratio!r} must be in (0, 1]")
+        radius = n_bits // 4 if self.radius is None else _check_int("radius", self.radius, 0, n_bits)
+        min_cluster_size = _check_int("min_cluster_size", self.min_cluster_size, 1)
+        capacity = (
+            window_size if self.pending_capacity is None else _check_int("pending_capacity", self.pending_capacity, 0)
+        )
+        max_windows = (
+            None if self.pending_max_windows is None else _check_int("pending_max_windows", self.pending_max_windows, 0)
+        )
+        max_iter = _check_int("max_iter", self.max_iter, 1)
+        if not hasattr(self, "seed_"):
+            seed = self._resolve_seed(self.random_state)
+        # Only now that everything passed, store the resolved values.
+        self.n_bits_ = n_bits
+        self.window_size_ = window_size
+        self.new_centers_ratio_ = float(ratio)
+        self.radius_ = radius
+        self.min_cluster_size_ = min_cluster_size
+        self.pending_capacity_ = capacity
+        self.pending_max_windows_ = max_windows
+        self.max_iter_ = max_iter
+        if not hasattr(self, "seed_"):
+            self.seed_ = seed
+
+    @staticmethod
+    def _resolve_seed(random_state: Any) -> int:
+        if random_state is None:
+            return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0])
+        if isinstance(random_state, np.random.Generator):
+            return int(random_state.integers(0, _SEED_LIMIT, dtype=np.uint64))
+        if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+            raise TypeError(
+                f"random_state must be None, an int or a numpy Generator, got {type(random_state).__name__}"
+            )
+        if not 0 <= int(random_state) < _SEED_LIMIT:
+            raise ValueError(f"random_state={random_state} must be in [0, 2**64)")
+        return int(random_state)
+
+    def _ready(self) -> None:
+        """Validate, and create the empty cluster state on first use."""
+        self._validate()
+        if hasattr(self, "_index"):
+            return
+        w = self.n_bits_ // 64
+        self._index = MultiIndexHash().fit(np.zeros((0, w), dtype=np.uint64))
+        self._sizes = np.zeros(0, dtype=np.int64)
+        self._created_ts = np.zeros(0, dtype=np.float64)
+        self._updated_ts = np.zeros(0, dtype=np.float64)
+        self.n_windows_ = 0
+        self._pending_ids: list[str] = []
+        self._pending_codes = np.zeros((0, w), dtype=np.uint64)
+        self._pending_first_seen = np.zeros(0, dtype=np.float64)
+        self._pending_first_window = np.zeros(0, dtype=np.int64)
+
+    # -- read-only views of the state -------------------------------------------------------------
+    @staticmethod
+    def _readonly(array: np.ndarray) -> np.ndarray:
+        view = array.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def centers_(self) -> np.ndarray:
+        self._ready()
+        return self._index.codes_
+
+    @property
+    def sizes_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._sizes)
+
+    @property
+    def created_ts_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._created_ts)
+
+    @property
+    def updated_ts_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._updated_ts)
+
+    @property
+    def n_clusters_(self) -> int:
+        self._ready()
+        return int(self._sizes.shape[0])
+
+    @property
+    def n_pending_(self) -> int:
+        self._ready()
+        return len(self._pending_ids)
+
+    @property
+    def pending_ids_(self) -> list[str]:
+        self._ready()
+        return list(self._pending_ids)
+
+    @property
+    def pending_codes_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._pending_codes)
+
+    @property
+    def pending_first_seen_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._pending_first_seen)
+
+    @property
+    def pending_first_window_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._pending_first_window)
+
+    # -- input checks -----------------------------------------------------------------------------
+    @staticmethod
+    def _check_ids(ids: Sequence[str], name: str = "ids") -> list[str]:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"{name} must be a sequence of str, got a single {type(ids).__name__}")
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        for row, value in enumerate(ids):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}[{row}] must be a str, got {type(value).__name__}")
+        return ids
+
+    def _check_now(self, now: float | None) -> float:
+        return time.time() if now is None else _check_time("now", now)
+
+    def _window_rng(self, window: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self.seed_, spawn_key=(window,)))
+
+    # -- the algorithm ----------------------------------------------------------------------------
+    def process(self, ids: Sequence[str], codes: np.ndarray, now: float | None = None) -> WindowResult:
+        """Cluster one window of items (``ids[i]`` has code ``codes[i]``) plus the pending pool.
+
+        ``now`` (seconds, e.g. the window's event time; default ``time.time()``) stamps new items'
+        ``first_seen`` and the clusters' ``created_ts``/``updated_ts``; pass it explicitly for
+        reproducible state. An empty window is allowed: it only retries the pending pool.
+        The state is changed only after every step succeeded.
+        """
+        started = time.perf_counter()
+        self._ready()
+        ids = self._check_ids(ids)
+        codes = check_codes(codes, self.n_bits_, name="codes")
+        n = len(ids)
+        if codes.shape[0] != n:
+            raise ValueError(f"len(ids)={n} does not match len(codes)={codes.shape[0]}")
+        if n > self.window_size_:
+            raise ValueError(f"len(ids)={n} exceeds window_size={self.window_size_}")
+        now = self._check_now(now)
+        window = self.n_windows_
+        radius = self.radius_
+
+        # Rows 0 .. P-1 are the pending pool (oldest first), rows P .. N-1 this window's items.
+        n_pool = len(self._pending_ids)
+        n_all = n_pool + n
+        all_codes = np.concatenate((self._pending_codes, codes)) if n_pool else codes
+        outcome = np.full(n_all, Outcome.HELD, dtype=np.uint8)
+        cluster = np.full(n_all, NO_CLUSTER, dtype=np.int64)
+        distance = np.full(n_all, -1, dtype=np.int32)
+        n_old = self.n_clusters_
+
+        # 1. Join the nearest existing center within radius (ties: lowest cluster id).
+        join_counts = np.zeros(n_old, dtype=np.int64)
+        if n_all and n_old:
+            nearest, dist = self._join(all_codes, radius)
+            joined = nearest >= 0
+            outcome[joined] = Outcome.JOINED
+            cluster[joined] = nearest[joined]
+            distance[joined] = dist[joined]
+            join_counts = np.bincount(nearest[joined], minlength=n_old)
+
+        # 2. Bk-means on the rest; found the clusters with enough members within radius.
+        rest = np.flatnonzero(outcome == Outcome.HELD)
+        k = 0
+        new_centers = np.zeros((0, all_codes.shape[1]), dtype=np.uint64)
+        new_sizes = np.zeros(0, dtype=np.int64)
+        if rest.shape[0]:
+            rest_codes = all_codes[rest]
+            k = min(rest.shape[0], max(1, int(math.floor(rest.shape[0] * self.new_centers_ratio_ + 0.5))))
+            model = BKMeans(
+                n_clusters=k, max_iter=self.max_iter_, init="random", random_state=self._window_rng(window)
+            ).fit(rest_codes)
+            labels = model.labels_
+            dist = paired_distances(rest_codes, model.cluster_centers_[labels])
+            within = dist <= radius
+            members = np.bincount(labels[within], minlength=k)
+            keep = members >= self.min_cluster_size_
+            n_new_clusters = int(np.count_nonzero(keep))
+            if n_new_clusters:
+                new_id = np.full(k, NO_CLUSTER, dtype=np.int64)
+                new_id[keep] = np.arange(n_old, n_old + n_new_clusters, dtype=np.int64)
+                founded = within & keep[labels]
+                rows = rest[founded]
+                outcome[rows] = Outcome.FOUNDED
+                cluster[rows] = new_id[labels[founded]]
+                distance[rows] = dist[founded]
+                new_centers = model.cluster_centers_[keep]
+                new_sizes = members[keep]
+
+        # 3. Bound the pending pool: expire by age, then evict the oldest beyond capacity.
+        first_seen = np.concatenate((self._pending_first_seen, np.full(n, now, dtype=np.float64)))
+        first_window = np.concatenate((self._pending_first_window, np.full(n, window, dtype=np.int64)))
+        if self.pending_max_windows_ is not None:
+            expired = (outcome == Outcome.HELD) & (window - first_window >= self.pending_max_windows_)
+            outcome[expired] = Outcome.NOISE
+        held = np.flatnonzero(outcome == Outcome.HELD)
+        overflow = held.shape[0] - self.pending_capacity_
+        if overflow > 0:  # rows are in arrival order, so the first ones are the oldest
+            outcome[held[:overflow]] = Outcome.NOISE
+            held = held[overflow:]
+
+        # 4. Result rows: every new item, then the pool items that reached a final outcome.
+        resolved = np.flatnonzero(outcome[:n_pool] != Outcome.HELD)
+        rows = np.concatenate((np.arange(n_pool, n_all, dtype=np.int64), resolved))
+        pool_ids = self._pending_ids
+        result_ids = ids + [pool_ids[i] for i in resolved.tolist()]
+        kept_ids = [pool_ids[i] if i < n_pool else ids[i - n_pool] for i in held.tolist()]
+
+        # 5. Commit the new state.
+        if n_old:
+            self._sizes = self._sizes + join_counts
+            self._updated_ts = np.where(join_counts > 0, now, self._updated_ts)
+        if new_sizes.shape[0]:
+            self._index.add(new_centers)
+            self._sizes = np.concatenate((self._sizes, new_sizes))
+            stamps = np.full(new_sizes.shape[0], now, dtype=np.float64)
+            self._created_ts = np.concatenate((self._created_ts, stamps))
+            self._updated_ts = np.concatenate((self._updated_ts, stamps))
+        self._pending_ids = kept_ids
+        self._pending_codes = all_codes[held]
+        self._pending_first_seen = first_seen[held]
+        self._pending_first_window = first_window[held]
+        self.n_windows_ = window + 1
+        return self._result(
+            window, result_ids, outcome[rows], cluster[rows], distance[rows], first_seen[rows],
+            first_window[rows], n, now, int(new_sizes.shape[0]), int(rest.shape[0]), k, started,
+        )
+
+    def _join(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest center within ``radius`` of every code (-1 / -1 if none; ties: lowest id).
+
+        Why not just ``MultiIndexHash.nearest(max_distance=radius)``: a code with no center within
+        ``radius`` makes MIH probe every bucket out to ``radius // m`` bits in each substring, which at
+        ``radius ~ n_bits / 4`` costs more than scanning all centers, and on web data most codes join
+        nothing. So each code gets an MIH budget worth one linear scan (the Bk-means calibration
+        ``PROBE_COST_IN_PAIRS``); codes that exhaust it are scanned. Both paths are exact, so the
+        answer does not depend on which one ran.
+        """
+        n, n_centers = codes.shape[0], self._sizes.shape[0]
+        labels = np.full(n, NO_CLUSTER, dtype=np.int64)
+        best = np.full(n, FAR, dtype=np.int32)
+        rows = np.arange(n, dtype=np.int64)
+        budget = int(n_centers / PROBE_COST_IN_PAIRS)
+        if budget >= self._index.n_substrings_:  # MIH can at least probe the exact buckets
+            _, resolved = self._index.search_into(
+                codes, rows, labels, best, max_distance=radius, probe_budget=budget
+            )
+            scan = rows[~resolved]
+        else:
+            scan = rows
+        if scan.shape[0]:
+            labels[scan], best[scan] = nearest_brute(codes[scan], self._index.codes_)
+        missing = (labels < 0) | (best > radius)
+        labels[missing] = NO_CLUSTER
+        best[missing] = -1
+        return labels, best
+
+    def flush(self, now: float | None = None) -> WindowResult:
+        """Declare the whole pending pool NOISE (at shutdown, if the pool is not to be persisted).
+
+        Counts as a window: ``n_windows_`` advances, so window numbers stay unique.
+        """
+        started = time.perf_counter()
+        self._ready()
+        now = self._check_now(now)
+        window = self.n_windows_
+        n_pool = len(self._pending_ids)
+        w = self.n_bits_ // 64
+        result = self._result(
+            window, self._pending_ids, np.full(n_pool, Outcome.NOISE, dtype=np.uint8),
+            np.full(n_pool, NO_CLUSTER, dtype=np.int64), np.full(n_pool, -1, dtype=np.int32),
+            self._pending_first_seen, self._pending_first_window, 0, now, 0, 0, 0, started,
+        )
+        self._pending_ids = []
+        self._pending_codes = np.zeros((0, w), dtype=np.uint64)
+        self._pending_first_seen = np.zeros(0, dtype=np.float64)
+        self._pending_first_window = np.zeros(0, dtype=np.int64)
+        self.n_windows_ = window + 1
+        return result
+
+    def _result(
+        self, window, ids, outcome, cluster, distance, first_seen, first_window, n_new, now,
+        n_new_clusters, n_candidates, k, started,
+    ) -> WindowResult:
+        counts = np.bincount(outcome, minlength=len(Outcome))
+        return WindowResult(
+            window=window,
+            ids=ids,
+            outcome=outcome,
+            cluster=cluster,
+            distance=distance,
+            first_seen=first_seen,
+            first_window=first_window,
+            n_new=n_new,
+            now=now,
+            n_joined=int(counts[Outcome.JOINED]),
+            n_founded=int(counts[Outcome.FOUNDED]),
+            n_held=int(counts[Outcome.HELD]),
+            n_noise=int(counts[Outcome.NOISE]),
+            n_new_clusters=n_new_clusters,
+            n_clusters=self.n_clusters_,
+            n_pending=len(self._pending_ids),
+            n_candidates=n_candidates,
+            n_bkmeans_clusters=k,
+            seconds=time.perf_counter() - started,
+        )
+
+    # -- restore paths ----------------------------------------------------------------------------
+    def add_centers(
+        self,
+        centers: np.ndarray,
+        sizes: np.ndarray,
+        created_ts: np.ndarray,
+        updated_ts: np.ndarray,
+        cluster_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Append centers with their bookkeeping; returns their cluster ids.
+
+        For rebuilding from a key-value table of centers: pass them sorted by cluster id. With
+        ``cluster_ids`` the ids are checked to continue the existing ones without gaps
+        (``n_clusters_, n_clusters_ + 1, ...``), since ids are row numbers of ``centers_``.
+        """
+        self._ready()
+        centers = check_codes(centers, self.n_bits_, name="centers")
+        c = centers.shape[0]
+        arrays = {}
+        for name, value, dtype in (("sizes", sizes, np.int64), ("created_ts", created_ts, np.float64),
+                                   ("updated_ts", updated_ts, np.float64)):
+            arrays[name] = _check_vector(name, value, dtype, c)
+        if np.any(arrays["sizes"] < 0):
+            raise ValueError(f"sizes must be >= 0, got {int(arrays['sizes'].min())}")
+        for name in ("created_ts", "updated_ts"):
+            if not np.all(np.isfinite(arrays[name])):
+                raise ValueError(f"{name} must be finite")
+        expected = np.arange(self.n_clusters_, self.n_clusters_ + c, dtype=np.int64)
+        if cluster_ids is not None:
+            got = _check_vector("cluster_ids", cluster_ids, np.int64, c)
+            if not np.array_equal(got, expected):
+                bad = int(np.flatnonzero(got != expected)[0])
+                raise ValueError(
+                    f"cluster_ids[{bad}]={int(got[bad])} but the next free cluster id is {int(expected[bad])}; "
+                    "cluster ids must continue 0, 1, 2, ... without gaps"
+                )
+        if c:
+            self._index.add(centers)
+            self._sizes = np.concatenate((self._sizes, arrays["sizes"]))
+            self._created_ts = np.concatenate((self._created_ts, arrays["created_ts"]))
+            self._updated_ts = np.concatenate((self._updated_ts, arrays["updated_ts"]))
+        return expected
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything :meth:`from_state` needs, as numpy arrays and plain scalars (no pickle).
+
+        Keys: the resolved parameters (``n_bits``, ``window_size``, ``new_centers_ratio``, ``radius``,
+        ``min_cluster_size``, ``pending_capacity``, ``pending_max_windows`` (int or None),
+        ``max_iter``, ``random_state`` = ``seed_``), ``format_version``, ``n_windows``; the clusters
+        (``centers`` uint64[C, W], ``sizes`` int64, ``created_ts``, ``updated_ts`` float64); and the
+        pending pool (``pending_codes``, ``pending_first_seen``, ``pending_first_window``, and the ids
+        as ``pending_ids_blob`` uint8 = UTF-8 (surrogatepass) of all ids concatenated, with
+        ``pending_ids_offsets`` int64[P+1] byte offsets). Arrays are copies.
+        """
+        self._ready()
+        blob, offsets = _encode_ids(self._pending_ids)
+        return {
+            "format_version": STATE_FORMAT,
+            "n_bits": self.n_bits_,
+            "window_size": self.window_size_,
+            "new_centers_ratio": self.new_centers_ratio_,
+            "radius": self.radius_,
+            "min_cluster_size": self.min_cluster_size_,
+            "pending_capacity": self.pending_capacity_,
+            "pending_max_windows": self.pending_max_windows_,
+            "max_iter": self.max_iter_,
+            "random_state": self.seed_,
+            "n_windows": self.n_windows_,
+            "centers": self._index.codes_.copy(),
+            "sizes": self._sizes.copy(),
+            "created_ts": self._created_ts.copy(),
+            "updated_ts": self._updated_ts.copy(),
+            "pending_ids_blob": blob,
+            "pending_ids_offsets": offsets,
+            "pending_codes": self._pending_codes.copy(),
+            "pending_first_seen": self._pending_first_seen.copy(),
+            "pending_first_window": self._pending_first_window.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "OnlineClusterer":
+        """Rebuild a clusterer from :meth:`export_state`; it continues exactly where that one was."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise ValueError(f"state is missing keys {missing}")
+        if state["format_version"] != STATE_FORMAT:
+            raise ValueError(f"state format_version={state['format_version']!r} is not supported (expected {STATE_FORMAT})")
+        params = {name: state[key] for name, key in _PARAM_KEYS.items()}
+        for name, value in params.items():  # msgpack/numpy may hand back numpy scalars
+            if isinstance(value, np.generic):
+                params[name] = value.item()
+        clusterer = cls(**params)
+        clusterer._ready()
+        n_windows = _check_int("state n_windows", state["n_windows"], 0)
+        centers = check_codes(np.asarray(state["centers"]), clusterer.n_bits_, name="state centers")
+        c = centers.shape[0]
+        sizes = _check_vector("state sizes", state["sizes"], np.int64, c)
+        created = _check_vector("state created_ts", state["created_ts"], np.float64, c)
+        updated = _check_vector("state updated_ts", state["updated_ts"], np.float64, c)
+        offsets = _check_vector("state pending_ids_offsets", state["pending_ids_offsets"], np.int64, None)
+        blob = np.asarray(state["pending_ids_blob"])
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise ValueError(f"state pending_ids_blob must be a 1-D uint8 array, got {blob.dtype} {blob.shape}")
+        if offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] != blob.shape[0] or np.any(np.diff(offsets) < 0):
+            raise ValueError("state pending_ids_offsets must rise from 0 to len(pending_ids_blob)")
+        p = offsets.shape[0] - 1
+        pending_codes = check_codes(np.asarray(state["pending_codes"]), clusterer.n_bits_, name="state pending_codes")
+        if pending_codes.shape[0] != p:
+            raise ValueError(f"state pending_codes has {pending_codes.shape[0]} rows but there are {p} pending ids")
+        first_seen = _check_vector("state pending_first_seen", state["pending_first_seen"], np.float64, p)
+        first_window = _check_vector("state pending_first_window", state["pending_first_window"], np.int64, p)
+        clusterer._index = MultiIndexHash().fit(centers)
+        clusterer._sizes, clusterer._created_ts, clusterer._updated_ts = sizes.copy(), created.copy(), updated.copy()
+        clusterer.n_windows_ = n_windows
+        clusterer._pending_ids = _decode_ids(blob, offsets)
+        clusterer._pending_codes = pending_codes.copy()
+        clusterer._pending_first_seen = first_seen.copy()
+        clusterer._pending_first_window = first_window.copy()
+        return clusterer
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n_bits={self.n_bits!r}, window_size={self.window_size!r}, "
+            f"new_centers_ratio={self.new_centers_ratio!r}, radius={self.radius!r}, "
+            f"min_cluster_size={self.min_cluster_size!r}, pending_capacity={self.pending_capacity!r}, "
+            f"pending_max_windows={self.pending_max_windows!r}, max_iter={self.max_iter!r}, "
+            f"random_state={self.random_state!r})"
+        )
+
+
+_PARAM_KEYS = {
+    "n_bits": "n_bits",
+    "window_size": "window_size",
+    "new_centers_ratio": "new_centers_ratio",
+    "radius": "radius",
+    "min_cluster_size": "min_cluster_size",
+    "pending_capacity": "pending_capacity",
+    "pending_max_windows": "pending_max_windows",
+    "max_iter": "max_iter",
+    "random_state": "random_state",
+}
+_STATE_KEYS = (
+    "format_version", *_PARAM_KEYS.values(), "n_windows", "centers", "sizes", "created_ts", "updated_ts",
+    "pending_ids_blob", "pending_ids_offsets", "pending_codes", "pending_first_seen", "pending_first_window",
+)
+
+
+def _check_vector(name: str, value: object, dtype: type, length: int | None) -> np.ndarray:
+    """A 1-D array of ``dtype`` (safe casts only) with the expected length."""
+    array = np.asarray(value)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.shape[0] == 0:
+        array = array.astype(dtype)
+    elif not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        raise TypeError(f"{name} must have a {np.dtype(dtype)} compatible dtype, got {array.dtype}")
+    else:
+        array = array.astype(dtype, copy=False)
+    if length is not None and array.shape[0] != length:
+        raise ValueError(f"{name} has {array.shape[0]} entries, expected {length}")
+    return array

@@ -1,0 +1,160 @@
+"""The Faust app: topics, tables, agents and web views, declared once from one Settings object.
+
+The flow reads top to bottom:
+
+    photo-hashes --(cluster_photos: decode, window)--> core.OnlineClusterer (in a thread)
+        --> cluster-assignments (one final outcome per photo)
+        --> photoclust-state (center blocks, pending pool, meta) --(store_state)--> RocksDB tables
+    bad events --> photo-hashes.dlq (with the reason)
+
+Offsets of the input topic are acknowledged only after a window's outcomes and state records are
+acknowledged by the broker, so a crash never loses a photo (at-least-once; see the README for
+what a restart can duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiohttp.web import Response
+
+from .config import Settings
+from .window import ClusteringWorker
+
+log = logging.getLogger("photoclust")
+# Keys and values are bytes we (de)serialise ourselves, so that undecodable input reaches the
+# dead-letter topic instead of crashing Faust's decoder. (faust.Schema(...) passed as schema= was
+# not honoured for topics here: values were still JSON-decoded.)
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+RAW_TABLE = {"key_type": bytes, "value_type": bytes}  # Faust picks the raw codec for bytes
+# Faust's ack bookkeeping holds one list entry per message; take events in bounded batches.
+TAKE_BATCH = 2_000
+TAKE_WITHIN_S = 0.25
+
+
+@dataclass
+class Photoclust:
+    """Everything the worker process is made of; built once by :func:`create_app`."""
+
+    settings: Settings
+    app: faust.App
+    input_topic: Any
+    output_topic: Any
+    dlq_topic: Any
+    state_topic: Any
+    centers_table: Any
+    clusterer_table: Any
+    worker: ClusteringWorker
+
+
+def create_app(settings: Settings) -> Photoclust:
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        topic_replication_factor=1,
+        topic_partitions=settings.partitions,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        producer_max_request_size=8 * 1024 * 1024,
+        stream_wait_empty=False,
+        version=1,
+    )
+    input_topic = app.topic(settings.input_topic, **RAW, partitions=settings.partitions)
+    output_topic = app.topic(settings.output_topic, **RAW, partitions=settings.partitions)
+    dlq_topic = app.topic(settings.dlq_topic, **RAW, partitions=1)
+    state_topic = app.topic(settings.state_topic, **RAW, partitions=1, compacting=True)
+    table_options = {"driver": "rocksdict"}
+    centers_table = app.Table(
+        "centers", **RAW_TABLE, partitions=1, options=table_options,
+        help="Cluster centers in blocks of 1024 clusters: codes, sizes, created/updated times.",
+    )
+    clusterer_table = app.Table(
+        "clusterer", **RAW_TABLE, partitions=1, options=table_options,
+        help="The online clusterer's meta record and pending pool chunks.",
+    )
+    worker = ClusteringWorker(settings, app, output_topic, dlq_topic, state_topic, (centers_table, clusterer_table))
+    parts = Photoclust(settings, app, input_topic, output_topic, dlq_topic, state_topic,
+                       centers_table, clusterer_table, worker)
+
+    @app.agent(input_topic)
+    async def cluster_photos(stream: faust.StreamT) -> None:
+        """event -> window -> core -> assignment. Events are acked when their window is done."""
+        await worker.wait_ready()
+        async for events in stream.noack_take(TAKE_BATCH, within=TAKE_WITHIN_S):
+            await worker.add_events(events)
+
+    @app.agent(state_topic)
+    async def store_state(stream: faust.StreamT) -> None:
+        """Apply state records to the RocksDB tables, each write in its own event's context."""
+        async for event in stream.events():
+            worker.apply_state_record(event.key, event.value, event.message.offset)
+
+    @app.timer(interval=0.5)
+    async def flush_aged_window() -> None:
+        """A slow stream still progresses: cluster a partial window once it is old enough."""
+        await worker.flush_if_due()
+
+    @app.task
+    async def restore_state() -> None:
+        await worker.restore()
+
+    @app.page("/stats")
+    async def stats(web: Any, request: Any) -> Response:
+        return web.json(worker.stats())
+
+    @app.page("/clusters/{cluster_id}")
+    async def cluster(web: Any, request: Any, cluster_id: str) -> Response:
+        record = worker.cluster(int(cluster_id)) if cluster_id.isdigit() else None
+        if record is None:
+            return web.json({"error": f"no cluster {cluster_id}"}, status=404)
+        return web.json(record)
+
+    return parts
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=_ssl_context(settings),
+        )
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: Settings) -> Any:
+    if settings.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.ssl_certfile:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None, settings.ssl_key_password or None)
+    return context
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the stream processor until it is stopped (SIGINT/SIGTERM)."""
+    from .kafka_io import ensure_topics
+
+    # Faust only subscribes to topics that exist when it starts; create them so that a worker
+    # started before its first producer still sees every event.
+    ensure_topics(settings)
+    parts = create_app(settings)
+    worker = faust.Worker(parts.app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+
+
+__all__ = ["Photoclust", "create_app", "run_worker"]

@@ -1,0 +1,135 @@
+"""The one settings object of the stream processor, and the one place that reads the environment.
+
+Precedence, lowest to highest: the defaults below, then ``PHOTOCLUST_*`` environment variables
+(and ``KAFKA_BOOTSTRAP_SERVERS``, which Kafka tooling already uses), then command-line flags. The
+result is frozen: every Kafka client, the Faust app and the core clusterer are built from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from core.codes import check_n_bits
+
+ENV_PREFIX = "PHOTOCLUST_"
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+SECRET_FIELDS = frozenset({"sasl_password", "ssl_key_password"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:19092"
+    app_id: str = "photoclust"  # also the consumer group id
+    input_topic: str = "photo-hashes"
+    output_topic: str = "cluster-assignments"
+    dlq_topic: str = "photo-hashes.dlq"
+    state_topic: str = "photoclust-state"
+    partitions: int = 1
+    processing_guarantee: str = "at_least_once"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_key_password: str = field(default="", repr=False)
+    # Clustering (the paper's Algorithm 2)
+    n_bits: int = 256
+    window_size: int = 100_000
+    new_centers_ratio: float = 0.1
+    radius: int = 64
+    min_cluster_size: int = 10
+    pending_capacity: int = 200_000
+    max_iter: int = 10
+    seed: int = 0
+    max_wait_s: float = 5.0  # a partial window is clustered when its oldest photo waited this long
+    # Worker
+    data_dir: str = "./photoclust-data"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        check_n_bits(self.n_bits)
+        positive = ("partitions", "window_size", "min_cluster_size", "max_iter", "web_port")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.new_centers_ratio <= 1:
+            raise ValueError(f"new_centers_ratio={self.new_centers_ratio} must be in (0, 1]")
+        if not 0 <= self.radius <= self.n_bits:
+            raise ValueError(f"radius={self.radius} must be between 0 and n_bits={self.n_bits}")
+        if self.pending_capacity < 0:
+            raise ValueError(f"pending_capacity={self.pending_capacity} must be >= 0")
+        if self.max_wait_s <= 0:
+            raise ValueError(f"max_wait_s={self.max_wait_s} must be > 0")
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ValueError(
+                f"processing_guarantee={self.processing_guarantee!r} is not one of {list(PROCESSING_GUARANTEES)}"
+            )
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults, then environment, then ``overrides`` (flags; ``None`` values are ignored)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["bootstrap_servers"] = environ["KAFKA_BOOTSTRAP_SERVERS"]
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw, ENV_PREFIX + f.name.upper())
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked (for logs and /stats)."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
+
+    @property
+    def broker_url(self) -> str:
+        """Faust's broker URL list (``kafka://host:port;kafka://host2:port``)."""
+        return ";".join(f"kafka://{server.strip()}" for server in self.bootstrap_servers.split(",") if server.strip())
+
+    def confluent_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka configuration for confluent-kafka clients, security settings included."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        for ours, theirs in (
+            ("ssl_cafile", "ssl.ca.location"),
+            ("ssl_certfile", "ssl.certificate.location"),
+            ("ssl_keyfile", "ssl.key.location"),
+            ("ssl_key_password", "ssl.key.password"),
+        ):
+            if getattr(self, ours):
+                config[theirs] = getattr(self, ours)
+        config.update(extra)
+        return config
+
+
+def _parse(f: dataclasses.Field, raw: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}.get(str(f.type), str)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{source}={raw!r} is not a valid {kind.__name__}") from None

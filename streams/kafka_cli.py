@@ -1,0 +1,389 @@
+"""Kafka-facing commands: broker, worker, produce, tail, lag and the end-to-end demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import CommandFailed, InputError, json_option, main, user_errors
+from .config import Settings
+
+BROKER_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "broker.sh"
+
+
+# -- settings options: one click option per Settings field, generated once ----------------------------
+
+
+def _settings_options(func: Any) -> Any:
+    """Add ``--<field>`` for every Settings field; unset flags fall back to env, then defaults."""
+    for f in reversed(dataclasses.fields(Settings)):
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        choice = None
+        if f.name == "processing_guarantee":
+            choice = click.Choice(["at_least_once", "exactly_once"])
+        func = click.option(
+            "--" + f.name.replace("_", "-"), f.name, type=choice or kind, default=None,
+            help=f"[env PHOTOCLUST_{f.name.upper()}; default {f.default!r}]",
+        )(func)
+    return func
+
+
+def _settings(params: dict[str, Any]) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    with user_errors():
+        return Settings.load({k: v for k, v in params.items() if k in names})
+
+
+# -- broker -------------------------------------------------------------------------------------
+
+
+def _broker(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+    if not BROKER_SCRIPT.exists():
+        raise CommandFailed(f"{BROKER_SCRIPT} not found: the broker commands need a source checkout")
+    result = subprocess.run(["bash", str(BROKER_SCRIPT), *args], text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    if check and result.returncode != 0:
+        raise CommandFailed(f"broker.sh {' '.join(args)} failed with exit code {result.returncode}")
+    return result
+
+
+@main.group()
+def broker() -> None:
+    """The local single-node Apache Kafka broker (KRaft) from deploy/kafka."""
+
+
+@broker.command("start")
+@click.option("--port", type=int, default=None, help="Listener port (default 19092).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Log and metadata directory.")
+@click.option("--fresh", is_flag=True, help="Delete the data directory first.")
+def broker_start(port: int | None, data_dir: str | None, fresh: bool) -> None:
+    """Fetch the Kafka jars (once), format storage, start, wait until ready; prints host:port."""
+    args = ["start"] + (["--port", str(port)] if port else []) + (["--data-dir", data_dir] if data_dir else [])
+    _broker(*args, *(["--fresh"] if fresh else []))
+
+
+@broker.command("stop")
+@click.option("--port", type=int, default=None)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+def broker_stop(port: int | None, data_dir: str | None) -> None:
+    """Stop the local broker (SIGTERM, then SIGKILL after 30 s)."""
+    _broker("stop", *(["--port", str(port)] if port else []), *(["--data-dir", data_dir] if data_dir else []))
+
+
+@broker.command("status")
+@click.option("--port", type=int, default=None)
+def broker_status(port: int | None) -> None:
+    """Exit 0 and print the address if the local broker runs."""
+    result = _broker("status", *(["--port", str(port)] if port else []), check=False)
+    sys.exit(result.returncode)
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+@main.command()
+@_settings_options
+def worker(**params: Any) -> None:
+    """Run the stream processor until SIGINT/SIGTERM."""
+    settings = _settings(params)
+    from .app import run_worker
+
+    sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
+    run_worker(settings)
+
+
+# -- produce / tail / lag ------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("input_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--synthetic", type=click.IntRange(min=1), default=None, help="Publish N planted photos instead.")
+@click.option("--clusters", type=click.IntRange(min=1), default=None, help="Planted clusters (default N/200).")
+@click.option("--flip-prob", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--truth-out", type=click.Path(dir_okay=False), default=None,
+              help="Where to save the planted truth (.npy; default <prefix>.truth.npy next to nothing: required for --synthetic scoring).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Photos per batch event; 0 sends one event per photo.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, help="Photos per second (0: unlimited).")
+@_settings_options
+def produce(input_path: str | None, synthetic: int | None, clusters: int | None, flip_prob: float,
+            truth_out: str | None, seed: int, batch_size: int, rate: float, **params: Any) -> None:
+    """Publish photo hashes from INPUT (id,hex lines or .npy) or --synthetic N to the input topic."""
+    from rich.progress import Progress
+
+    from core.codes import to_bytes
+
+    settings = _settings(params)
+    if (input_path is None) == (synthetic is None):
+        raise InputError("give either INPUT or --synthetic N")
+    if synthetic is not None:
+        ids, codes, truth = _planted(synthetic, clusters, settings.n_bits, flip_prob, seed)
+        if truth_out:
+            import numpy as np
+
+            np.save(truth_out, truth)
+    else:
+        from .files import read_codes
+
+        loaded = read_codes(input_path, settings.n_bits)
+        ids, codes = loaded.ids, loaded.codes
+    from .kafka_io import ensure_topics, produce_photos
+
+    ensure_topics(settings)
+    with Progress(transient=False) as progress:
+        task = progress.add_task("producing", total=len(ids))
+        tracker = produce_photos(settings, ids, to_bytes(codes), batch_size=batch_size, rate=rate,
+                                 on_progress=lambda n: progress.advance(task, n))
+    click.echo(f"delivered {tracker.delivered} events to {settings.input_topic}, {tracker.failed} failed", err=True)
+    if tracker.failed:
+        raise CommandFailed(f"{tracker.failed} events were not delivered: {tracker.first_error}")
+
+
+def _planted(n: int, clusters: int | None, n_bits: int, flip_prob: float, seed: int) -> tuple[list[str], Any, Any]:
+    from core.synth import planted_codes
+
+    codes, truth, _ = planted_codes(n, clusters or max(1, n // 200), n_bits=n_bits, flip_prob=flip_prob,
+                                    random_state=seed)
+    return [f"p{i:09d}" for i in range(n)], codes, truth
+
+
+@main.command()
+@click.option("--from-beginning/--latest", default=True, show_default=True)
+@click.option("--max", "max_events", type=click.IntRange(min=1), default=None, help="Stop after N events.")
+@click.option("--idle-timeout", type=float, default=None, help="Stop after S seconds without events.")
+@_settings_options
+def tail(from_beginning: bool, max_events: int | None, idle_timeout: float | None, **params: Any) -> None:
+    """Print assignment events (one JSON object per line) as they come."""
+    from .kafka_io import iter_assignments
+
+    settings = _settings(params)
+    for count, event in enumerate(iter_assignments(settings, from_beginning=from_beginning,
+                                                   idle_timeout=idle_timeout), start=1):
+        click.echo(json.dumps(event))
+        if max_events is not None and count >= max_events:
+            break
+
+
+@main.command()
+@click.option("--group", default=None, help="Consumer group (default: the worker's app id).")
+@click.option("--topic", "topics", multiple=True, help="Topics (default: the input topic).")
+@json_option
+@_settings_options
+def lag(group: str | None, topics: tuple[str, ...], as_json: bool, **params: Any) -> None:
+    """Consumer-group lag per partition: committed offset, log-end offset, lag."""
+    from .kafka_io import consumer_lag
+
+    settings = _settings(params)
+    with user_errors():
+        rows = consumer_lag(settings, group, topics or None)
+    if as_json:
+        click.echo(json.dumps({"group": group or settings.app_id, "total_lag": sum(r.lag for r in rows),
+                               "partitions": [r.as_dict() for r in rows]}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", title=f"group {group or settings.app_id}")
+    for r in rows:
+        table.add_row(r.topic, str(r.partition), "-" if r.committed is None else str(r.committed), str(r.log_end), str(r.lag))
+    Console().print(table)
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+class _AssignmentCollector(threading.Thread):
+    """Reads the assignment topic in the background and keeps one entry per photo id."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.final: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        self.last_seen = 0.0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        from .codecs import decode_assignment
+
+        consumer = Consumer(self.settings.confluent_config(**{
+            "group.id": f"photoclust-demo-reader-{time.time_ns()}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False}))
+        consumer.subscribe([self.settings.output_topic])
+        try:
+            while not self._stopping.is_set():
+                for message in consumer.consume(10_000, timeout=0.2):
+                    if message.error():
+                        continue
+                    event = decode_assignment(message.value())
+                    if event["id"] in self.final:
+                        self.duplicates += 1
+                    self.final[event["id"]] = event
+                    self.last_seen = time.monotonic()
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(10)
+
+
+@main.command()
+@click.option("--photos", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--clusters", type=click.IntRange(min=1), default=None, help="Planted clusters (default photos/200).")
+@click.option("--flip-prob", type=click.FloatRange(0, 0.5), default=0.1, show_default=True)
+@click.option("--window", "window_size", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Photos per batch event; 0 sends one event per photo.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Give up after S seconds.")
+@click.option("--workdir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
+@json_option
+def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, batch_size: int, seed: int,
+         timeout: float, workdir: str, as_json: bool) -> None:
+    """Stream planted photos through a real broker and worker; print a summary at the end.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS if set, else starts the local broker (and stops it afterwards).
+    """
+    import numpy as np
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from core.codes import to_bytes
+    from core.metrics import purity
+
+    from .kafka_io import consumer_lag, ensure_topics, produce_photos
+
+    console = Console(stderr=True)
+    run = f"demo-{int(time.time())}"
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started_broker = False
+    base = Settings.load()
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        console.print("[bold]starting the local Kafka broker[/bold] (deploy/kafka/broker.sh)")
+        if _broker("status", check=False, capture=True).returncode != 0:
+            _broker("start")
+            started_broker = True
+    web_port = _free_port()
+    settings = base.replace(
+        app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
+        dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state", window_size=window_size,
+        max_wait_s=2.0, data_dir=str(work / run), web_port=web_port, seed=seed,
+    )
+    ensure_topics(settings)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           **{f"PHOTOCLUST_{k.upper()}": str(v) for k, v in dataclasses.asdict(settings).items()}}
+    log_path = work / f"{run}.worker.log"
+    worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
+                                   stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    collector = _AssignmentCollector(settings)
+    collector.start()
+    stats_url = f"http://127.0.0.1:{web_port}/stats"
+    try:
+        deadline = time.monotonic() + timeout
+        with console.status("waiting for the worker to be ready"):
+            while not (_get_json(stats_url) or {}).get("ready"):
+                if worker_proc.poll() is not None:
+                    raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise CommandFailed(f"the worker did not become ready; see {log_path}")
+                time.sleep(0.5)
+        ids, codes, truth = _planted(photos, clusters, settings.n_bits, flip_prob, seed)
+        hashes = to_bytes(codes)
+        produced = [0]
+        t0 = time.perf_counter()
+
+        def progress_table() -> Table:
+            stats = _get_json(stats_url) or {}
+            table = Table("produced", "assigned", "clusters", "pending", "windows", "dlq", title=f"photoclust demo: {run}")
+            table.add_row(f"{produced[0]:,}/{photos:,}", f"{len(collector.final):,}", str(stats.get("clusters", "?")),
+                          str(stats.get("pending", "?")), str(stats.get("windows", "?")),
+                          str(stats.get("dlq_events", 0) + stats.get("dlq_rows", 0)))
+            return table
+
+        with Live(progress_table(), console=console, refresh_per_second=2) as live:
+            producer_thread = threading.Thread(target=lambda: produce_photos(
+                settings, ids, hashes, batch_size=batch_size,
+                on_progress=lambda n: produced.__setitem__(0, produced[0] + n)), daemon=True)
+            producer_thread.start()
+            while len(collector.final) < photos:
+                if worker_proc.poll() is not None:
+                    raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise CommandFailed(f"only {len(collector.final)} of {photos} photos were assigned within {timeout}s")
+                live.update(progress_table())
+                time.sleep(0.5)
+            elapsed = time.perf_counter() - t0
+            final_lag = None
+            while time.monotonic() < deadline:
+                final_lag = sum(r.lag for r in consumer_lag(settings))
+                live.update(progress_table())
+                if final_lag == 0:
+                    break
+                time.sleep(0.5)
+        stats = _get_json(stats_url) or {}
+    finally:
+        collector.stop()
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(60)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+        if started_broker:
+            _broker("stop", check=False)
+    labels = np.array([collector.final[i]["cluster"] if collector.final[i]["cluster"] is not None else -1 for i in ids])
+    outcomes = Counter(event["outcome"] for event in collector.final.values())
+    summary = {
+        "photos": photos,
+        "outcomes": dict(outcomes),
+        "clusters": int(stats.get("clusters", len(set(labels[labels >= 0].tolist())))),
+        "purity": round(purity(labels, truth, ignore_noise=True), 4) if (labels >= 0).any() else None,
+        "noise_fraction": round(float(np.mean(labels < 0)), 4),
+        "throughput_per_s": round(photos / elapsed, 1),
+        "seconds": round(elapsed, 2),
+        "final_lag": final_lag,
+        "duplicate_outcomes": collector.duplicates,
+        "windows": stats.get("windows"),
+        "batch_size": batch_size,
+        "worker_log": str(log_path),
+    }
+    table = Table("", "", title="photoclust demo summary")
+    for key, value in summary.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+    if as_json:
+        click.echo(json.dumps(summary))
+    if final_lag != 0:
+        raise CommandFailed(f"consumer lag did not reach 0 (last seen {final_lag})")

@@ -1,0 +1,168 @@
+"""confluent-kafka clients for the people around the worker: producers, consumers of the
+assignment topic, and ops people who watch lag. Every client is configured from :class:`Settings`,
+so security settings reach each one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .codecs import decode_assignment, encode_batch, encode_photo
+from .config import Settings
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create the worker's topics if they do not exist (compacted state topic, 1 replica)."""
+    admin = AdminClient(settings.confluent_config())
+    wanted = [
+        NewTopic(settings.input_topic, settings.partitions, 1),
+        NewTopic(settings.output_topic, settings.partitions, 1),
+        NewTopic(settings.dlq_topic, 1, 1),
+        NewTopic(settings.state_topic, 1, 1, config={"cleanup.policy": "compact"}),
+    ]
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+class DeliveryTracker:
+    """Counts acknowledged and failed deliveries; failures keep their first error."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self.first_error = self.first_error or str(err)
+
+
+def make_producer(settings: Settings, **extra: Any) -> Producer:
+    return Producer(settings.confluent_config(**{
+        "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4", "enable.idempotence": True,
+        "message.max.bytes": 8 * 1024 * 1024, **extra,
+    }))
+
+
+def produce_photos(
+    settings: Settings,
+    ids: Sequence[str],
+    hashes: Sequence[bytes],
+    batch_size: int = 0,
+    rate: float = 0.0,
+    on_progress: Callable[[int], None] | None = None,
+    producer: Producer | None = None,
+) -> DeliveryTracker:
+    """Publish photos to the input topic: single events (``batch_size`` 0) or batch events.
+
+    ``rate`` limits photos per second (0: as fast as possible). Waits for every delivery report.
+    """
+    producer = producer or make_producer(settings)
+    tracker = DeliveryTracker()
+    started = time.perf_counter()
+    step = max(batch_size, 1)
+    for start in range(0, len(ids), step):
+        if batch_size:
+            chunk = range(start, min(start + batch_size, len(ids)))
+            key, value = ids[start].encode(), encode_batch([(ids[i], hashes[i]) for i in chunk])
+            n = len(chunk)
+        else:
+            key, value, n = ids[start].encode(), encode_photo(ids[start], hashes[start]), 1
+        while True:
+            try:
+                producer.produce(settings.input_topic, value=value, key=key, on_delivery=tracker)
+                break
+            except BufferError:  # local queue full: let librdkafka drain it
+                producer.poll(0.05)
+        producer.poll(0)
+        if on_progress is not None:
+            on_progress(n)
+        if rate > 0:
+            ahead = (start + n) / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush()
+    return tracker
+
+
+def iter_assignments(
+    settings: Settings, group: str | None = None, from_beginning: bool = True, idle_timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield decoded assignment events; stops after ``idle_timeout`` seconds without one."""
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": group or f"photoclust-tail-{time.time_ns()}",
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": group is not None,
+    }))
+    consumer.subscribe([settings.output_topic])
+    last = time.monotonic()
+    try:
+        while True:
+            messages = consumer.consume(10_000, timeout=0.5)
+            if not messages:
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
+                continue
+            last = time.monotonic()
+            for message in messages:
+                if message.error():
+                    continue
+                yield decode_assignment(message.value())
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group has committed nothing for this partition
+    log_end: int
+    lag: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "committed": self.committed,
+                "log_end": self.log_end, "lag": self.lag}
+
+
+def consumer_lag(settings: Settings, group: str | None = None, topics: Sequence[str] | None = None,
+                 timeout: float = 30.0) -> list[PartitionLag]:
+    """Committed offset, log-end offset and lag per partition, as ``kafka-consumer-groups --describe``.
+
+    Without a committed offset the lag counts from the earliest offset still in the log.
+    """
+    group = group or settings.app_id
+    consumer = Consumer(settings.confluent_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = []
+        for topic in topics or [settings.input_topic]:
+            if topic not in metadata.topics:
+                raise ValueError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+            partitions += [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
+        rows = []
+        for tp in consumer.committed(partitions, timeout=timeout):
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            committed = tp.offset if tp.offset >= 0 else None
+            lag = high - (committed if committed is not None else low)
+            rows.append(PartitionLag(tp.topic, tp.partition, committed, high, max(lag, 0)))
+        return rows
+    finally:
+        consumer.close()

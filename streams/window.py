@@ -1,0 +1,235 @@
+"""The worker's window: events in, compact columns, one core call per window, outcomes out.
+
+The agent hands every batch of events to :meth:`ClusteringWorker.add_events`, which decodes them
+into plain lists (no Faust event objects are kept, only their messages, for the ack), routes bad
+events to the dead-letter topic, and queues the window once it is full or old. One coroutine
+clusters the queued windows in order, off the event loop, while the agent keeps filling the next
+window; a bounded queue gives backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+
+from core.codes import from_bytes
+from core.online import OnlineClusterer, Outcome, WindowResult
+
+from .codecs import PhotoDecoder, encode_assignments, encode_dlq
+from .config import Settings
+from .state import CENTERS_PREFIX, cluster_record, n_pending_chunks, restore_clusterer, stale_pending_keys, state_records
+
+log = logging.getLogger("photoclust.window")
+
+
+@dataclass
+class Window:
+    """Decoded photos waiting to be clustered, and the messages to ack once they are."""
+
+    ids: list[str] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    ts_in: list[float] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+    opened: float = 0.0  # monotonic time of the first message
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ClusteringWorker:
+    """Owns the core clusterer and the current window; the agents only call into it."""
+
+    def __init__(self, settings: Settings, app: Any, output_topic: Any, dlq_topic: Any, state_topic: Any,
+                 tables: tuple[Any, Any]) -> None:
+        self.settings = settings
+        self.app = app
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self.state_topic = state_topic
+        self.centers_table, self.clusterer_table = tables
+        self.decoder = PhotoDecoder(n_bits=settings.n_bits)
+        self.clusterer: OnlineClusterer | None = None
+        self.window = Window()
+        self._queue: asyncio.Queue[Window] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-core")
+        self._ready = asyncio.Event()
+        self._state_applied = -1
+        self._pending_chunks = 0
+        self.counters: dict[str, Any] = {
+            "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
+            "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
+            "last_window": None,
+        }
+
+    # -- start-up ---------------------------------------------------------------------------------
+    async def restore(self) -> None:
+        """Wait until the tables hold every state record, then rebuild the clusterer from them."""
+        await self.app.tables.recovery.completed.wait()
+        loop = asyncio.get_running_loop()
+        end, committed = await loop.run_in_executor(None, self._state_topic_offsets)
+        while max(committed, self._state_applied + 1) < end:
+            await asyncio.sleep(0.1)
+        restored = restore_clusterer(_TableView(self.centers_table, self.clusterer_table))
+        self.clusterer = restored if restored is not None else self._new_clusterer()
+        if restored is not None:
+            self._pending_chunks = (restored.n_pending_ + 4095) // 4096
+        log.info("state restored: %d clusters, %d pending photos, %d windows done",
+                 self.clusterer.n_clusters_ if restored else 0, restored.n_pending_ if restored else 0,
+                 restored.n_windows_ if restored else 0)
+        self._queue = asyncio.Queue(maxsize=1)
+        asyncio.get_running_loop().create_task(self._cluster_windows())
+        self._ready.set()
+
+    def _new_clusterer(self) -> OnlineClusterer:
+        s = self.settings
+        return OnlineClusterer(
+            n_bits=s.n_bits, window_size=s.window_size + self.decoder.max_batch_rows,
+            new_centers_ratio=s.new_centers_ratio, radius=s.radius, min_cluster_size=s.min_cluster_size,
+            pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed,
+        )
+
+    def _state_topic_offsets(self) -> tuple[int, int]:
+        """(end offset, this group's committed offset) of the state topic, via confluent-kafka."""
+        consumer = Consumer(self.settings.confluent_config(**{"group.id": self.settings.app_id, "enable.auto.commit": False}))
+        try:
+            tp = TopicPartition(self.settings.state_topic, 0)
+            _, end = consumer.get_watermark_offsets(tp, timeout=30)
+            committed = consumer.committed([tp], timeout=30)[0].offset
+            return max(end, 0), max(committed, 0)
+        finally:
+            consumer.close()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    # -- state records ------------------------------------------------------------------------------
+    def apply_state_record(self, key: bytes, value: bytes | None, offset: int) -> None:
+        table = self.centers_table if key.startswith(CENTERS_PREFIX) else self.clusterer_table
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+        self._state_applied = offset
+
+    def cluster(self, cluster_id: int) -> dict[str, Any] | None:
+        return cluster_record(self.centers_table, cluster_id)
+
+    # -- the window ---------------------------------------------------------------------------------
+    async def add_events(self, events: list[Any]) -> None:
+        window = self.window
+        for event in events:
+            message = event.message
+            if not window.messages:
+                window.opened = time.monotonic()
+            window.messages.append(message)
+            decoded = self.decoder.decode(message.value, message.key)
+            for row, reason in decoded.errors:
+                await self._dead_letter(message, row, reason)
+            if decoded.ids:
+                default_ts = message.timestamp or time.time()
+                window.ids.extend(decoded.ids)
+                window.hashes.extend(decoded.hashes)
+                window.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
+        self.counters["events_in"] += len(events)
+        if len(window) >= self.settings.window_size:
+            await self._close_window()
+
+    async def flush_if_due(self) -> None:
+        window = self.window
+        if window.messages and time.monotonic() - window.opened >= self.settings.max_wait_s and self._ready.is_set():
+            await self._close_window()
+
+    async def _close_window(self) -> None:
+        window, self.window = self.window, Window()
+        assert self._queue is not None
+        await self._queue.put(window)
+
+    async def _dead_letter(self, message: Any, row: int | None, reason: str) -> None:
+        value = encode_dlq(reason, row, message.topic, message.partition, message.offset, message.key, message.value)
+        await self.dlq_topic.send(key=message.key, value=value)
+        self.counters["dlq_rows" if row is not None else "dlq_events"] += 1
+        log.debug("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+
+    async def _cluster_windows(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            window = await self._queue.get()
+            try:
+                if window.ids:
+                    codes = from_bytes(window.hashes, self.settings.n_bits)
+                    now = time.time()
+                    started = time.perf_counter()
+                    result = await loop.run_in_executor(self._executor, self.clusterer.process, window.ids, codes, now)
+                    await self._publish(result, np.asarray(window.ts_in, dtype=np.float64))
+                    self._log_window(result, len(window), time.perf_counter() - started)
+                await self.app.producer.flush()
+                consumer = self.app.consumer
+                for message in window.messages:
+                    message.ack(consumer)
+            except Exception:  # a failed window must not be acked: crash so it is redelivered
+                log.exception("clustering a window failed; stopping so that its photos are redelivered")
+                await self.app.crash(RuntimeError("window failed"))
+                raise
+
+    async def _publish(self, result: WindowResult, ts_in_new: np.ndarray) -> None:
+        final = np.flatnonzero(result.is_final)
+        ts_in = np.where(np.arange(len(result)) < result.n_new,
+                         np.concatenate((ts_in_new, np.zeros(len(result) - result.n_new))), result.first_seen)
+        ids = [result.ids[i] for i in final]
+        values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
+                                    result.window, ts_in[final], time.time())
+        send = self.output_topic.send
+        for photo_id, value in zip(ids, values):
+            await send(key=photo_id.encode("utf-8", "surrogatepass"), value=value)
+        records = state_records(self.clusterer, result)
+        chunks = n_pending_chunks(records)
+        records = records[:-1] + stale_pending_keys(self._pending_chunks, chunks) + records[-1:]
+        self._pending_chunks = chunks
+        for key, value in records:
+            await self.state_topic.send(key=key, value=value)
+        counts = self.counters["outcomes"]
+        counts["joined"] += int(np.count_nonzero(result.outcome[final] == Outcome.JOINED))
+        counts["founded"] += int(np.count_nonzero(result.outcome[final] == Outcome.FOUNDED))
+        counts["noise"] += int(np.count_nonzero(result.outcome[final] == Outcome.NOISE))
+
+    def _log_window(self, result: WindowResult, n_photos: int, seconds: float) -> None:
+        self.counters["windows"] += 1
+        self.counters["photos_in"] += n_photos
+        self.counters["last_window"] = {
+            "window": result.window, "photos": n_photos, "seconds": round(seconds, 3),
+            "joined": result.n_joined, "founded": result.n_founded, "held": result.n_held, "noise": result.n_noise,
+            "new_clusters": result.n_new_clusters,
+        }
+        log.info("window %d clustered: %d photos in %.2fs; joined=%d founded=%d held=%d noise=%d; "
+                 "%d new clusters, %d in all, %d pending", result.window, n_photos, seconds, result.n_joined,
+                 result.n_founded, result.n_held, result.n_noise, result.n_new_clusters, result.n_clusters,
+                 result.n_pending)
+
+    def stats(self) -> dict[str, Any]:
+        clusterer = self.clusterer
+        return {
+            **self.counters,
+            "ready": self._ready.is_set(),
+            "clusters": clusterer.n_clusters_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
+            "pending": clusterer.n_pending_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
+            "window_fill": len(self.window),
+        }
+
+
+class _TableView:
+    """``get(key)`` over the two tables, for :func:`restore_clusterer`."""
+
+    def __init__(self, centers: Any, clusterer: Any) -> None:
+        self._centers, self._clusterer = centers, clusterer
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        table = self._centers if key.startswith(CENTERS_PREFIX) else self._clusterer
+        return table.get(key, default)
