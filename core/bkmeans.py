@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,9 @@ class IterationInfo:
     n_searched: int
     n_moved_centers: int
     seconds: float
-    labels: np.ndarray  # read-only view of the labels after this iteration's assignment
+    # Read-only view of the labels after this iteration's assignment: valid only inside the
+    # callback (later iterations overwrite it; copy it to keep it). None in ``history_``.
+    labels: np.ndarray | None
 
 
 def _random_state(seed: Any) -> np.random.Generator:
@@ -324,9 +327,9 @@ class BKMeans:
             seconds=time.perf_counter() - started,
             labels=view,
         )
-        self.history_.append(info)
         if self.callback is not None:
             self.callback(info)
+        self.history_.append(dataclasses.replace(info, labels=None))
 
     def predict(self, codes: np.ndarray) -> np.ndarray:
         """Nearest fitted center of each code (exact; ties: lowest center index)."""

@@ -65,6 +65,9 @@ def create_app(settings: Settings) -> Photoclust:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         producer_max_request_size=8 * 1024 * 1024,
+        producer_linger_ms=10,
+        producer_max_batch_size=512 * 1024,
+        producer_compression_type="lz4",
         stream_wait_empty=False,
         version=1,
     )

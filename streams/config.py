@@ -49,6 +49,7 @@ class Settings:
     max_iter: int = 10
     seed: int = 0
     max_wait_s: float = 5.0  # a partial window is clustered when its oldest photo waited this long
+    pending_idle_s: float = 60.0  # after this long without events, pending photos become noise (0: never)
     # Worker
     data_dir: str = "./photoclust-data"
     web_host: str = "127.0.0.1"
@@ -67,6 +68,8 @@ class Settings:
             raise ValueError(f"radius={self.radius} must be between 0 and n_bits={self.n_bits}")
         if self.pending_capacity < 0:
             raise ValueError(f"pending_capacity={self.pending_capacity} must be >= 0")
+        if self.pending_idle_s < 0:
+            raise ValueError(f"pending_idle_s={self.pending_idle_s} must be >= 0")
         if self.max_wait_s <= 0:
             raise ValueError(f"max_wait_s={self.max_wait_s} must be > 0")
         if self.processing_guarantee not in PROCESSING_GUARANTEES:

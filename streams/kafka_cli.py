@@ -300,7 +300,7 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     settings = base.replace(
         app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
         dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state", window_size=window_size,
-        max_wait_s=2.0, data_dir=str(work / run), web_port=web_port, seed=seed,
+        max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), web_port=web_port, seed=seed,
     )
     ensure_topics(settings)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
