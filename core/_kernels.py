@@ -335,9 +335,10 @@ def mih_search_one(
             if s == length:
                 # Every key of this substring was probed: every item has been seen.
                 return best_d, best_c, second_d, FAR, True
-            # Substrings 0..j searched to s, the rest to s - 1.
+            # Substrings 0..j searched to s, the rest to s - 1: every unseen item is at least
+            # ``bound`` away, so stop once that settles the candidate or passes max_distance.
             bound = (j + 1) * (s + 1) + (m - j - 1) * s
-            if best_d < bound:
+            if best_d < bound or bound > max_distance:
                 return best_d, best_c, second_d, bound, True
         s += 1
         if s > min_len:

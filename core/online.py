@@ -517,19 +517,18 @@ class OnlineClusterer:
         self._ready()
         now = self._check_now(now)
         window = self.n_windows_
-        n_pool = len(self._pending_ids)
-        w = self.n_bits_ // 64
-        result = self._result(
-            window, self._pending_ids, np.full(n_pool, Outcome.NOISE, dtype=np.uint8),
-            np.full(n_pool, NO_CLUSTER, dtype=np.int64), np.full(n_pool, -1, dtype=np.int32),
-            self._pending_first_seen, self._pending_first_window, 0, now, 0, 0, 0, started,
-        )
+        ids, first_seen, first_window = self._pending_ids, self._pending_first_seen, self._pending_first_window
+        n_pool = len(ids)
         self._pending_ids = []
-        self._pending_codes = np.zeros((0, w), dtype=np.uint64)
+        self._pending_codes = np.zeros((0, self.n_bits_ // 64), dtype=np.uint64)
         self._pending_first_seen = np.zeros(0, dtype=np.float64)
         self._pending_first_window = np.zeros(0, dtype=np.int64)
         self.n_windows_ = window + 1
-        return result
+        return self._result(
+            window, ids, np.full(n_pool, Outcome.NOISE, dtype=np.uint8),
+            np.full(n_pool, NO_CLUSTER, dtype=np.int64), np.full(n_pool, -1, dtype=np.int32),
+            first_seen, first_window, 0, now, 0, 0, 0, started,
+        )
 
     def _result(
         self, window, ids, outcome, cluster, distance, first_seen, first_window, n_new, now,
@@ -601,7 +600,7 @@ class OnlineClusterer:
             self._updated_ts = np.concatenate((self._updated_ts, arrays["updated_ts"]))
         return expected
 
-    def export_state(self) -> dict[str, Any]:
+    def export_state(self, include_centers: bool = True) -> dict[str, Any]:
         """Everything :meth:`from_state` needs, as numpy arrays and plain scalars (no pickle).
 
         Keys: the resolved parameters (``n_bits``, ``window_size``, ``new_centers_ratio``, ``radius``,
@@ -611,6 +610,8 @@ class OnlineClusterer:
         pending pool (``pending_codes``, ``pending_first_seen``, ``pending_first_window``, and the ids
         as ``pending_ids_blob`` uint8 = UTF-8 (surrogatepass) of all ids concatenated, with
         ``pending_ids_offsets`` int64[P+1] byte offsets). Arrays are copies.
+        ``include_centers=False`` leaves out the cluster arrays (a caller that stores centers in
+        blocks reads them through the read-only ``centers_`` views instead of copying them all).
         """
         self._ready()
         blob, offsets = _encode_ids(self._pending_ids)
@@ -626,10 +627,12 @@ class OnlineClusterer:
             "max_iter": self.max_iter_,
             "random_state": self.seed_,
             "n_windows": self.n_windows_,
-            "centers": self._index.codes_.copy(),
-            "sizes": self._sizes.copy(),
-            "created_ts": self._created_ts.copy(),
-            "updated_ts": self._updated_ts.copy(),
+            **({
+                "centers": self._index.codes_.copy(),
+                "sizes": self._sizes.copy(),
+                "created_ts": self._created_ts.copy(),
+                "updated_ts": self._updated_ts.copy(),
+            } if include_centers else {}),
             "pending_ids_blob": blob,
             "pending_ids_offsets": offsets,
             "pending_codes": self._pending_codes.copy(),

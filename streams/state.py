@@ -56,8 +56,12 @@ def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None
 
     Order matters: blocks and chunks first, ``meta`` last.
     """
-    state = clusterer.export_state()
-    n_clusters = state["centers"].shape[0]
+    # Centers are read through the clusterer's read-only views: export_state() would copy all of
+    # them (tens of MB at a million clusters) to write the few blocks a window touched.
+    centers, sizes = clusterer.centers_, clusterer.sizes_
+    created, updated = clusterer.created_ts_, clusterer.updated_ts_
+    state = clusterer.export_state(include_centers=False)
+    n_clusters = centers.shape[0]
     if result is None:
         blocks: Iterable[int] = range((n_clusters + CENTER_BLOCK - 1) // CENTER_BLOCK)
     else:
@@ -68,10 +72,10 @@ def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None
         rows = slice(block * CENTER_BLOCK, min((block + 1) * CENTER_BLOCK, n_clusters))
         records.append((center_key(block), _pack(
             first=block * CENTER_BLOCK,
-            codes=state["centers"][rows].astype("<u8"),
-            sizes=state["sizes"][rows].astype("<i8"),
-            created=state["created_ts"][rows].astype("<f8"),
-            updated=state["updated_ts"][rows].astype("<f8"),
+            codes=centers[rows].astype("<u8"),
+            sizes=sizes[rows].astype("<i8"),
+            created=created[rows].astype("<f8"),
+            updated=updated[rows].astype("<f8"),
         )))
     offsets = state["pending_ids_offsets"]
     n_pending = offsets.shape[0] - 1
