@@ -111,34 +111,51 @@ def nearest_scan(points, rows, centers_t, labels, best, second):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def nearest_among(points, rows, centers, subset, labels, best, lower):
-    """Let ``points[rows]`` move to a center of ``subset`` (sorted ascending) if it is nearer.
+def nearest_among(points, rows, subset_t, subset, labels, best, lower):
+    """Let ``points[rows]`` move to a center of ``subset`` if it is nearer.
 
-    IN/OUT ``labels``/``best``: the current candidate, replaced when a subset center is nearer or
-    as near with a lower index. IN/OUT ``lower``: a lower bound on the distance to every center other
-    than the label; on exit it also covers the subset centers that did not win and the old label
-    when the point moved.
+    ``subset_t`` holds the subset's codes TRANSPOSED (``[n_words, len(subset)]``, contiguous), so
+    the distances vectorise as in :func:`nearest_scan`; ``subset`` holds their center ids,
+    ascending. IN/OUT ``labels``/``best``: the current candidate, replaced when a subset center
+    is nearer, or as near with a lower id. IN/OUT ``lower``: a lower bound on the distance to
+    every center other than the label; on exit it also covers the subset centers that did not
+    win and the old label when the point moved.
     """
-    for r in prange(rows.shape[0]):
-        i = rows[r]
-        cur_c = labels[i]
-        cur_d = best[i]
-        low = lower[i]
-        for s in range(subset.shape[0]):
-            c = subset[s]
-            if c == cur_c:
-                continue
-            d = row_distance(points, i, centers, c)
-            if d < cur_d or (d == cur_d and c < cur_c):
-                if cur_d < low:
-                    low = cur_d
-                cur_d = d
-                cur_c = c
-            elif d < low:
-                low = d
-        labels[i] = cur_c
-        best[i] = cur_d
-        lower[i] = low
+    n_rows = rows.shape[0]
+    n_words = subset_t.shape[0]
+    k = subset_t.shape[1]
+    n_chunks = min(n_rows, 64)
+    for chunk in prange(n_chunks):
+        buf = np.empty(k, dtype=np.int16)
+        for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+            i = rows[r]
+            word = points[i, 0]
+            column = subset_t[0]
+            for c in range(k):
+                buf[c] = np.int16(_ctpop64(word ^ column[c]))
+            for w in range(1, n_words):
+                word = points[i, w]
+                column = subset_t[w]
+                for c in range(k):
+                    buf[c] += np.int16(_ctpop64(word ^ column[c]))
+            cur_c = labels[i]
+            cur_d = best[i]
+            low = lower[i]
+            for s in range(k):
+                c = subset[s]
+                if c == cur_c:
+                    continue
+                d = np.int32(buf[s])
+                if d < cur_d or (d == cur_d and c < cur_c):
+                    if cur_d < low:
+                        low = cur_d
+                    cur_d = d
+                    cur_c = c
+                elif d < low:
+                    low = d
+            labels[i] = cur_c
+            best[i] = cur_d
+            lower[i] = low
 
 
 @njit(parallel=True, nogil=True, cache=True)

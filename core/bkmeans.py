@@ -300,7 +300,8 @@ class BKMeans:
         safe = best < lower
         safe_rows = np.flatnonzero(safe).astype(np.int64)
         if moved.shape[0] and safe_rows.shape[0]:
-            _kernels.nearest_among(assigner.points, safe_rows, centers, moved, labels, best, lower)
+            moved_t = np.ascontiguousarray(centers[moved].T)
+            _kernels.nearest_among(assigner.points, safe_rows, moved_t, moved, labels, best, lower)
         search_rows = np.flatnonzero(~safe).astype(np.int64)
         assigner.search(search_rows, labels, best, lower)
         return search_rows.shape[0], moved.shape[0]
