@@ -69,33 +69,41 @@ def labelled_distances(points, centers, labels, out):
         out[i] = row_distance(points, i, centers, labels[i])
 
 
+@njit(inline="always", nogil=True, cache=True)
+def distances_into(points, i, centers_t, buf):
+    """OUT ``buf[c]`` = distance(points[i], center c) for TRANSPOSED centers ``[n_words, k]``.
+
+    Branch-free loops over contiguous words, which LLVM vectorises (AVX2 popcount by nibble
+    lookup): about 1.5x the branchy one-center-at-a-time loop.
+    """
+    word = points[i, 0]
+    column = centers_t[0]
+    for c in range(centers_t.shape[1]):
+        buf[c] = np.int16(_ctpop64(word ^ column[c]))
+    for w in range(1, centers_t.shape[0]):
+        word = points[i, w]
+        column = centers_t[w]
+        for c in range(centers_t.shape[1]):
+            buf[c] += np.int16(_ctpop64(word ^ column[c]))
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def nearest_scan(points, rows, centers_t, labels, best, second):
     """Exhaustive nearest center for ``points[rows]``, against TRANSPOSED centers ``[n_words, k]``.
 
-    Distances to all k centers go into a buffer with branch-free loops over contiguous words,
-    which LLVM vectorises (AVX2 popcount by nibble lookup); the min / argmin / runner-up passes
-    over the buffer vectorise too. That is about 1.5x the branchy one-center-at-a-time scan.
+    Distances to all k centers go into a buffer (:func:`distances_into`); the min / argmin /
+    runner-up passes over the buffer vectorise too.
     OUT ``labels``, ``best`` (indexed by point row) and ``second``: the smallest distance to any
     center other than the winner (a lower bound the caller keeps for the next iteration).
     """
     n_rows = rows.shape[0]
-    n_words = centers_t.shape[0]
     k = centers_t.shape[1]
     n_chunks = min(n_rows, 64)
     for chunk in prange(n_chunks):
         buf = np.empty(k, dtype=np.int16)
         for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             i = rows[r]
-            word = points[i, 0]
-            column = centers_t[0]
-            for c in range(k):
-                buf[c] = np.int16(_ctpop64(word ^ column[c]))
-            for w in range(1, n_words):
-                word = points[i, w]
-                column = centers_t[w]
-                for c in range(k):
-                    buf[c] += np.int16(_ctpop64(word ^ column[c]))
+            distances_into(points, i, centers_t, buf)
             best_d = np.int16(32767)
             for c in range(k):
                 best_d = min(best_d, buf[c])
@@ -115,29 +123,20 @@ def nearest_among(points, rows, subset_t, subset, labels, best, lower):
     """Let ``points[rows]`` move to a center of ``subset`` if it is nearer.
 
     ``subset_t`` holds the subset's codes TRANSPOSED (``[n_words, len(subset)]``, contiguous), so
-    the distances vectorise as in :func:`nearest_scan`; ``subset`` holds their center ids,
+    the distances vectorise (:func:`distances_into`); ``subset`` holds their center ids,
     ascending. IN/OUT ``labels``/``best``: the current candidate, replaced when a subset center
     is nearer, or as near with a lower id. IN/OUT ``lower``: a lower bound on the distance to
     every center other than the label; on exit it also covers the subset centers that did not
     win and the old label when the point moved.
     """
     n_rows = rows.shape[0]
-    n_words = subset_t.shape[0]
     k = subset_t.shape[1]
     n_chunks = min(n_rows, 64)
     for chunk in prange(n_chunks):
         buf = np.empty(k, dtype=np.int16)
         for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             i = rows[r]
-            word = points[i, 0]
-            column = subset_t[0]
-            for c in range(k):
-                buf[c] = np.int16(_ctpop64(word ^ column[c]))
-            for w in range(1, n_words):
-                word = points[i, w]
-                column = subset_t[w]
-                for c in range(k):
-                    buf[c] += np.int16(_ctpop64(word ^ column[c]))
+            distances_into(points, i, subset_t, buf)
             cur_c = labels[i]
             cur_d = best[i]
             low = lower[i]

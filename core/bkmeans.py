@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
+from ._random import check_random_state
 from .codes import check_codes
 from .mih import MultiIndexHash
 
@@ -53,14 +54,6 @@ class IterationInfo:
     # Read-only view of the labels after this iteration's assignment: valid only inside the
     # callback (later iterations overwrite it; copy it to keep it). None in ``history_``.
     labels: np.ndarray | None
-
-
-def _random_state(seed: Any) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
-    raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(seed).__name__}")
 
 
 def _init_random(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -233,7 +226,7 @@ class BKMeans:
     def fit(self, codes: np.ndarray) -> "BKMeans":
         """Cluster ``codes`` (uint64[N, n_bits/64])."""
         codes = self._validate(codes)
-        rng = _random_state(self.random_state)
+        rng = check_random_state(self.random_state)
         n, k = codes.shape[0], int(self.n_clusters)
         centers = INIT_METHODS[self.init](codes, k, rng)
         assigner = _Assigner(self.assign, codes)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._random import check_random_state
+
 from core.codes import DEFAULT_BITS, check_n_bits, pack_bits
 
 _STATE_KIND = "ITQ"
@@ -30,21 +32,6 @@ _BLOCK_ROWS = 65536
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a method needing fitted state is called before ``fit`` (as in scikit-learn)."""
-
-
-def _as_generator(random_state: None | int | np.random.Generator) -> np.random.Generator:
-    """One generator per fit, so the same seed always gives the same rotation."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is None:
-        return np.random.default_rng()
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state={random_state!r} must be a non-negative integer seed")
-        return np.random.default_rng(int(random_state))
-    raise TypeError(
-        f"random_state={random_state!r} must be None, a non-negative int or a numpy.random.Generator"
-    )
 
 
 def _check_features(features: object, n_features: int | None = None) -> np.ndarray:
@@ -155,7 +142,7 @@ class ITQ:
                 f"features has {n_samples} rows but n_bits={n_bits}: need at least n_bits samples "
                 "to estimate n_bits principal directions"
             )
-        rng = _as_generator(self.random_state)
+        rng = check_random_state(self.random_state)
 
         mean = np.zeros(n_features, dtype=np.float64)
         for start in range(0, n_samples, _BLOCK_ROWS):

@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from ._random import check_random_state
+
 from core.codes import DEFAULT_BITS, check_n_bits
 
 # Words drawn per block when generating noise: bounds the temporary memory (a few × 8 MB)
@@ -27,21 +29,6 @@ _BLOCK_WORDS = 1 << 20
 # After this many binary digits of p, at most a few bits per word are still undecided, so the
 # remaining levels only touch the words that still need random bits.
 _DENSE_LEVELS = 8
-
-
-def _as_generator(random_state: None | int | np.random.Generator) -> np.random.Generator:
-    """One seeded generator per call, so the same seed always reproduces the same data."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is None:
-        return np.random.default_rng()
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state={random_state!r} must be a non-negative integer seed")
-        return np.random.default_rng(int(random_state))
-    raise TypeError(
-        f"random_state={random_state!r} must be None, a non-negative int or a numpy.random.Generator"
-    )
 
 
 def _binary_digits(p: float) -> list[int]:
@@ -155,7 +142,7 @@ def planted_codes(
     flip_prob = float(flip_prob)
     if not (0.0 <= flip_prob <= 1.0) or math.isnan(flip_prob):
         raise ValueError(f"flip_prob={flip_prob!r} must be a probability in [0, 1]")
-    rng = _as_generator(random_state)
+    rng = check_random_state(random_state)
 
     n_w = n_bits // 64
     true_centers = rng.integers(0, np.iinfo(np.uint64).max, size=(n_clusters, n_w), dtype=np.uint64, endpoint=True)

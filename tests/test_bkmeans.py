@@ -104,7 +104,7 @@ def test_empty_clusters_are_reseeded_and_predict_matches():
         ({"n_clusters": 2, "init": "kmeans"}, ValueError, r"init='kmeans' is not one of \['k-means\+\+', 'random'\]"),
         ({"n_clusters": 2, "assign": "faiss"}, ValueError, r"assign='faiss' is not one of"),
         ({"n_clusters": 2.5}, TypeError, r"n_clusters must be an integer"),
-        ({"n_clusters": 2, "random_state": "x"}, TypeError, r"random_state must be"),
+        ({"n_clusters": 2, "random_state": "x"}, TypeError, r"random_state='x' must be None, a non-negative int"),
     ],
 )
 def test_bad_parameters(kwargs, error, match):
