@@ -67,6 +67,7 @@ class ClusteringWorker:
         self._state_applied = -1
         self._last_event = time.monotonic()
         self._idle_flushed = True
+        self._windows_in_flight = 0
         self._pending_chunks = 0
         self.counters: dict[str, Any] = {
             "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
@@ -92,6 +93,7 @@ class ClusteringWorker:
                  self.clusterer.n_clusters_ if restored else 0, restored.n_pending_ if restored else 0,
                  restored.n_windows_ if restored else 0)
         self._queue = asyncio.Queue(maxsize=1)
+        self._last_event = time.monotonic()
         asyncio.get_running_loop().create_task(self._cluster_windows())
         self._ready.set()
 
@@ -131,6 +133,7 @@ class ClusteringWorker:
 
     # -- the window ---------------------------------------------------------------------------------
     async def add_events(self, events: list[Any]) -> None:
+        self._last_event = time.monotonic()
         for event in events:
             window = self.window
             message = event.message
@@ -159,7 +162,7 @@ class ClusteringWorker:
             await self._close_window()
             self._idle_flushed = False
         elif (not window.messages and self.settings.pending_idle_s > 0 and not self._idle_flushed
-              and now - self._last_event >= self.settings.pending_idle_s):
+              and self._windows_in_flight == 0 and now - self._last_event >= self.settings.pending_idle_s):
             # Held-back photos are retried only with new photos; on a stream that went quiet they
             # would wait forever, so they are declared noise and their consumers get an answer.
             self._idle_flushed = True
@@ -170,7 +173,10 @@ class ClusteringWorker:
         window, self.window = self.window, Window()
         self._idle_flushed = False
         assert self._queue is not None
+        # Counted from here until clustered: a backlog being worked off is not an idle stream.
+        self._windows_in_flight += 1
         await self._queue.put(window)
+        self._last_event = time.monotonic()
 
     async def _dead_letter(self, message: Any, row: int | None, reason: str) -> None:
         value = encode_dlq(reason, row, message.topic, message.partition, message.offset, message.key, message.value)
@@ -201,6 +207,9 @@ class ClusteringWorker:
                 consumer = self.app.consumer
                 for message in window.messages:
                     message.ack(consumer)
+                if not window.flush_pending:
+                    self._windows_in_flight -= 1
+                    self._last_event = time.monotonic()
             except Exception:  # a failed window must not be acked: crash so it is redelivered
                 log.exception("clustering a window failed; stopping so that its photos are redelivered")
                 await self.app.crash(RuntimeError("window failed"))
