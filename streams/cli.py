@@ -40,6 +40,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 LAZY_COMMANDS: dict[str, str] = {
     name: f"streams.kafka_cli:{name}" for name in ("broker", "worker", "produce", "tail", "lag", "demo")
 }
+LAZY_COMMANDS["hash"] = "streams.hash_cli:hash_command"
 
 
 # -- errors -------------------------------------------------------------------------------------
