@@ -36,6 +36,11 @@ stream and nothing is dropped without a reason:
   characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F), because ids end up in message
   keys, logs and files. Other Unicode is accepted as is (no normalisation). Duplicate ids are not
   checked here.
+* A msgpack string that is not valid UTF-8 does not make the whole event unreadable: it is decoded
+  with ``surrogateescape`` and judged where it stands. As an id or a hash it rejects its row only
+  (``field 'id': id is not valid UTF-8 (invalid byte 0xff at byte 3)``), so a batch keeps its
+  other rows; as an unknown field (or map key) it is ignored like any unknown field. No accepted
+  id ever holds such an escape, so every accepted id encodes to UTF-8 strictly.
 * Hostile input is bounded: the event size is checked before parsing, and msgpack is told the
   longest string/bin/array/map it may allocate (arrays: ``max_batch_rows + 1``; maps: 1,024 keys).
 
@@ -132,14 +137,14 @@ def _wire_type(value: object) -> str:
         return "string"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "binary"
+    if isinstance(value, msgpack.ExtType):  # before arrays: an ExtType is a namedtuple
+        return f"ext type {value.code}"
     if isinstance(value, (list, tuple)):
         return "array"
     if isinstance(value, dict):
         return "map"
     if isinstance(value, msgpack.Timestamp):
         return "timestamp"
-    if isinstance(value, msgpack.ExtType):
-        return f"ext type {value.code}"
     return type(value).__name__
 
 
@@ -212,6 +217,10 @@ class PhotoDecoder:
                 raw=False,
                 use_list=False,  # tuples: cheaper than lists, and the decoder never mutates them
                 strict_map_key=False,
+                # Bad UTF-8 in one string must not cost the whole event (a batch its good rows):
+                # it becomes lone surrogates U+DC80-U+DCFF, which no valid UTF-8 ever decodes to,
+                # and the field checks reject them where they matter (ids and hashes).
+                unicode_errors="surrogateescape",
                 max_str_len=self.max_event_bytes,
                 max_bin_len=self.max_event_bytes,
                 max_ext_len=self.max_event_bytes,
@@ -226,8 +235,6 @@ class PhotoDecoder:
             problem = "not valid msgpack: nested too deeply"
         except msgpack.FormatError:
             problem = "not valid msgpack: malformed data (reserved type byte 0xc1 or bad format)"
-        except UnicodeDecodeError as exc:
-            problem = f"not valid msgpack: a string is not valid UTF-8 ({exc.reason} at byte {exc.start})"
         except ValueError as exc:
             text = str(exc)
             if "max_array_len" in text:
@@ -419,7 +426,13 @@ class PhotoDecoder:
             return f"id must be a string, got {_wire_type(rid)}"
         if not rid:
             return "id is empty"
-        size = len(rid) if rid.isascii() else len(rid.encode("utf-8", "surrogatepass"))
+        if rid.isascii():
+            size = len(rid)
+        else:
+            problem = _utf8_problem(rid)
+            if problem is not None:
+                return f"id {problem}"
+            size = len(rid.encode("utf-8"))
         if size > self.max_id_bytes:
             return f"id has {size:,} UTF-8 bytes, more than max_id_bytes={self.max_id_bytes:,}"
         if not rid.isprintable():
@@ -437,6 +450,9 @@ class PhotoDecoder:
                 return h
             return f"hash has {len(h)} bytes, expected {self.n_bytes} for {self.n_bits}-bit codes"
         if type(h) is str:
+            problem = None if h.isascii() else _utf8_problem(h)
+            if problem is not None:
+                return f"hash {problem}"
             problem = hex_error(h, self.n_bits)
             if problem is not None:
                 return problem
@@ -445,6 +461,23 @@ class PhotoDecoder:
         return (
             f"hash must be {self.n_bytes} raw bytes or a {self.n_hex}-digit hex string, got {_wire_type(h)}"
         )
+
+
+def _utf8_problem(text: str) -> str | None:
+    """Why a decoded msgpack string was not valid UTF-8 on the wire (None if it was).
+
+    The unpacker decodes with ``surrogateescape``, so each undecodable byte is a lone surrogate
+    U+DC80-U+DCFF; the offset reported is that byte's offset within the string's wire bytes.
+    """
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        offset = len(text[: exc.start].encode("utf-8", "surrogateescape"))
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            return f"is not valid UTF-8 (invalid byte 0x{ord(char) - 0xDC00:02x} at byte {offset})"
+        return f"is not valid UTF-8 (lone surrogate U+{ord(char):04X} at character {exc.start})"
 
 
 def _timestamp(ts: object) -> float | None | str:

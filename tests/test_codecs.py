@@ -132,11 +132,55 @@ def test_invalid_msgpack():
     assert only_error(dec.decode(b"\xc1")).startswith("not valid msgpack: malformed data")
     truncated = encode_photo("x", H32)[:-5]
     assert only_error(dec.decode(truncated)) == "not valid msgpack: Unpack failed: incomplete input"
-    bad_utf8 = b"\x81\xa2id\xa2\xff\xfe"
-    assert only_error(dec.decode(bad_utf8)).startswith("not valid msgpack: a string is not valid UTF-8")
     assert only_error(dec.decode(b"\x91" * 5000)) == "not valid msgpack: nested too deeply"
     bad_timestamp = b"\xc7\x03\xff\x00\x00\x00"
     assert only_error(dec.decode(bad_timestamp)).startswith("not valid msgpack: invalid timestamp")
+
+
+def _bad_utf8(event: dict, good: str, bad: bytes) -> bytes:
+    """``event`` packed, then the wire bytes of the string ``good`` replaced by ``bad`` (same length)."""
+    packed = msgpack.packb(event)
+    assert len(good.encode()) == len(bad) and packed.count(good.encode()) == 1
+    return packed.replace(good.encode(), bad)
+
+
+def test_invalid_utf8_in_an_id_rejects_that_row_only():
+    dec = PhotoDecoder()
+    # {"id": <ff fe>}: the id names the problem (it used to be "not valid msgpack" for the event)
+    reason = only_error(dec.decode(b"\x81\xa2id\xa2\xff\xfe"))
+    assert reason == "field 'id': id is not valid UTF-8 (invalid byte 0xff at byte 0)"
+    event = _bad_utf8({"id": "photo-XY", "hash": H32}, "photo-XY", b"photo-\xc3(")
+    assert only_error(dec.decode(event)) == "field 'id': id is not valid UTF-8 (invalid byte 0xc3 at byte 6)"
+    # an encoded surrogate (CESU-8 style) is not valid UTF-8 either
+    event = _bad_utf8({"id": "é-ABC", "hash": H32}, "ABC", b"\xed\xa0\x80")
+    assert only_error(dec.decode(event)) == "field 'id': id is not valid UTF-8 (invalid byte 0xed at byte 3)"
+    # in a batch, the other rows are kept
+    batch = _bad_utf8({"batch": [["ok0", H32], ["bad-ZZ", H32], ["ok2", X64, 2.0]]}, "bad-ZZ", b"bad-\xff\xfe")
+    r = dec.decode(batch)
+    assert r.ids == ["ok0", "ok2"] and r.hashes == [H32, H32] and r.ts == [None, 2.0]
+    assert r.errors == [(1, "row 1: field 'id': id is not valid UTF-8 (invalid byte 0xff at byte 4)")]
+
+
+def test_invalid_utf8_elsewhere():
+    dec = PhotoDecoder()
+    # a hex hash
+    event = _bad_utf8({"id": "x", "hash": "ab" * 31 + "QQ"}, "QQ", b"\xc3\xc3")
+    assert only_error(dec.decode(event)) == "field 'hash': hash is not valid UTF-8 (invalid byte 0xc3 at byte 62)"
+    batch = _bad_utf8({"batch": [["ok0", H32], ["r1", "cd" * 31 + "QQ"]]}, "QQ", b"\xff\xff")
+    r = dec.decode(batch)
+    assert r.ids == ["ok0"]
+    assert r.errors == [(1, "row 1: field 'hash': hash is not valid UTF-8 (invalid byte 0xff at byte 62)")]
+    # an unknown field, or an unknown map key, is ignored like any unknown field
+    r = dec.decode(_bad_utf8({"id": "x", "hash": H32, "source": "cam-QQ"}, "cam-QQ", b"cam-\xff\xfe"))
+    assert r.ids == ["x"] and r.errors == []
+    r = dec.decode(_bad_utf8({"id": "x", "hash": H32, "QQsrc": 1}, "QQsrc", b"\xff\xffsrc"))
+    assert r.ids == ["x"] and r.errors == []
+    # a string ts is the wrong type whatever its bytes
+    event = _bad_utf8({"id": "x", "hash": H32, "ts": "QQ"}, "QQ", b"\xff\xff")
+    assert only_error(dec.decode(event)) == "field 'ts': ts must be a number of seconds since the epoch, got string"
+    # a key that should have been "id" but is not valid UTF-8 is not "id"
+    event = _bad_utf8({"iQ": "x", "hash": H32}, "iQ", b"i\xff")
+    assert only_error(dec.decode(event)) == "field 'id': missing"
 
 
 def test_trailing_bytes():
@@ -161,6 +205,24 @@ def test_trailing_bytes():
 )
 def test_event_shape_errors(value, reason):
     assert only_error(PhotoDecoder().decode(msgpack.packb(value))) == reason
+
+
+def test_ext_types_are_named_as_such_not_as_arrays():
+    # msgpack.ExtType is a namedtuple; the reasons must not call it an array
+    ext = msgpack.ExtType(5, b"xy")
+    dec = PhotoDecoder()
+    assert only_error(dec.decode(msgpack.packb(ext))) == "event must be a msgpack map, got ext type 5"
+    assert only_error(dec.decode(single(id=ext, hash=H32))) == "field 'id': id must be a string, got ext type 5"
+    assert only_error(dec.decode(single(id="x", hash=ext))) == (
+        "field 'hash': hash must be 32 raw bytes or a 64-digit hex string, got ext type 5"
+    )
+    assert only_error(dec.decode(single(id="x", hash=H32, ts=ext))) == (
+        "field 'ts': ts must be a number of seconds since the epoch, got ext type 5"
+    )
+    reason = only_error(dec.decode(msgpack.packb({"batch": ext})))
+    assert reason == "field 'batch': must be an array of rows, got ext type 5"
+    r = dec.decode(msgpack.packb({"batch": [["a", H32], ext]}))
+    assert r.ids == ["a"] and r.errors == [(1, "row 1: must be an array [id, hash] or [id, hash, ts], got ext type 5")]
 
 
 def test_too_many_batch_rows():
@@ -279,6 +341,8 @@ def check_well_formed(result: DecodeResult, n_bytes: int = 32) -> None:
     assert isinstance(result, DecodeResult)
     assert len(result.ids) == len(result.hashes) == len(result.ts)
     assert all(type(i) is str and i for i in result.ids)
+    for i in result.ids:
+        i.encode("utf-8")  # strictly: no surrogate escapes of bad UTF-8 in an accepted id
     assert all(type(h) is bytes and len(h) == n_bytes for h in result.hashes)
     assert all(t is None or (type(t) is float and 0 <= t < math.inf) for t in result.ts)
     for row, reason in result.errors:
