@@ -22,6 +22,7 @@ import faust
 from aiohttp.web import Response
 
 from .config import Settings
+from .metrics import CONTENT_TYPE, render
 from .window import ClusteringWorker
 
 log = logging.getLogger("photoclust")
@@ -33,6 +34,19 @@ RAW_TABLE = {"key_type": bytes, "value_type": bytes}  # Faust picks the raw code
 # Faust's ack bookkeeping holds one list entry per message; take events in bounded batches.
 TAKE_BATCH = 2_000
 TAKE_WITHIN_S = 0.25
+LAG_REFRESH_S = 5.0
+
+
+class PhotoclustApp(faust.App):
+    """A Faust app that lets the worker finish its closed windows before Faust stops the consumer,
+    so that a graceful stop (SIGTERM, Ctrl-C) commits every window it emitted outcomes for."""
+
+    clustering_worker: ClusteringWorker | None = None
+
+    async def on_stop(self) -> None:
+        if self.clustering_worker is not None:
+            await self.clustering_worker.drain(self.clustering_worker.settings.drain_timeout_s)
+        await super().on_stop()
 
 
 @dataclass
@@ -51,7 +65,7 @@ class Photoclust:
 
 
 def create_app(settings: Settings) -> Photoclust:
-    app = faust.App(
+    app = PhotoclustApp(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=_credentials(settings),
@@ -85,6 +99,7 @@ def create_app(settings: Settings) -> Photoclust:
         help="The online clusterer's meta record and pending pool chunks.",
     )
     worker = ClusteringWorker(settings, app, output_topic, dlq_topic, state_topic, (centers_table, clusterer_table))
+    app.clustering_worker = worker
     parts = Photoclust(settings, app, input_topic, output_topic, dlq_topic, state_topic,
                        centers_table, clusterer_table, worker)
 
@@ -106,9 +121,41 @@ def create_app(settings: Settings) -> Photoclust:
         """A slow stream still progresses: cluster a partial window once it is old enough."""
         await worker.flush_if_due()
 
+    @app.timer(interval=LAG_REFRESH_S)
+    async def refresh_lag() -> None:
+        """Consumer lag for /metrics, as ``kafka-consumer-groups --describe`` computes it."""
+        await worker.refresh_lag()
+
     @app.task
     async def restore_state() -> None:
         await worker.restore()
+
+    @app.on_partitions_assigned.connect
+    async def log_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        worker.on_rebalance(assigned)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Response:
+        """Liveness: this answer proves the event loop runs; the agents' tasks must be alive too."""
+        checks = {"event_loop": True, "clustering": worker.clustering_alive(),
+                  "agents": all(_agent_alive(agent) for agent in (cluster_photos, store_state))}
+        return web.json({"ok": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Response:
+        """Readiness: partitions assigned, tables recovered, the clusterer and its index rebuilt."""
+        assigned = _assigned_partitions(app)
+        checks = {
+            "partitions_assigned": any(tp.topic == settings.input_topic for tp in assigned),
+            "tables_recovered": app.tables.recovery.completed.is_set(),
+            "index_rebuilt": worker.ready,
+            "not_rebalancing": not app.rebalancing,
+        }
+        return web.json({"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Response:
+        return web.text(render(worker.stats(), worker.lag_rows), headers={"Content-Type": CONTENT_TYPE})
 
     @app.page("/stats")
     async def stats(web: Any, request: Any) -> Response:
@@ -122,6 +169,19 @@ def create_app(settings: Settings) -> Photoclust:
         return web.json(record)
 
     return parts
+
+
+def _agent_alive(agent: Any) -> bool:
+    """An agent is alive while one of its actors' tasks runs (Faust keeps them in ``_actors``)."""
+    tasks = [getattr(actor, "actor_task", None) for actor in list(agent._actors)]
+    return any(task is not None and not task.done() for task in tasks)
+
+
+def _assigned_partitions(app: faust.App) -> set[Any]:
+    try:
+        return set(app.consumer.assignment())
+    except Exception:  # the consumer has not started yet
+        return set()
 
 
 def _credentials(settings: Settings) -> Any:

@@ -18,6 +18,10 @@ from core.codes import check_n_bits
 ENV_PREFIX = "PHOTOCLUST_"
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_key_password"})
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# Username/password mechanisms, which both Faust's aiokafka clients and librdkafka support.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Settings:
     max_wait_s: float = 5.0  # a partial window is clustered when its oldest photo waited this long
     pending_idle_s: float = 60.0  # after this long without events, pending photos become noise (0: never)
     # Worker
+    drain_timeout_s: float = 60.0  # on a graceful stop, time allowed to finish the windows already closed
     data_dir: str = "./photoclust-data"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -76,6 +81,33 @@ class Settings:
             raise ValueError(
                 f"processing_guarantee={self.processing_guarantee!r} is not one of {list(PROCESSING_GUARANTEES)}"
             )
+        if self.processing_guarantee == "exactly_once" and self.partitions != 1:
+            # A window mixes photos of every input partition, and Faust runs one Kafka transaction
+            # per input partition: the window's outcomes could not commit atomically with all of
+            # its offsets.
+            raise ValueError(f"processing_guarantee='exactly_once' needs partitions=1, got {self.partitions}")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """One meaning for every client: Faust derives its protocol from the SASL and SSL settings,
+        librdkafka takes ``security_protocol`` as given, so a combination they would read differently
+        (e.g. a SASL mechanism with PLAINTEXT: SASL for Faust, none for librdkafka) is refused."""
+        protocol = self.security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"security_protocol={protocol!r} is not one of {list(SECURITY_PROTOCOLS)}")
+        sasl = protocol.startswith("SASL_")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol={protocol!r} needs sasl_mechanism, one of {list(SASL_MECHANISMS)}")
+        if self.sasl_mechanism and not sasl:
+            raise ValueError(f"sasl_mechanism={self.sasl_mechanism!r} needs security_protocol 'SASL_PLAINTEXT' or "
+                             f"'SASL_SSL', got {protocol!r}")
+        if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"sasl_mechanism={self.sasl_mechanism!r} is not one of {list(SASL_MECHANISMS)}")
+        if not protocol.endswith("SSL"):
+            unused = [name for name in SSL_FIELDS if getattr(self, name)]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set, but security_protocol={protocol!r} does not use TLS "
+                                 f"(use 'SSL' or 'SASL_SSL')")
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":

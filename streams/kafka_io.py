@@ -142,27 +142,46 @@ class PartitionLag:
                 "log_end": self.log_end, "lag": self.lag}
 
 
-def consumer_lag(settings: Settings, group: str | None = None, topics: Sequence[str] | None = None,
-                 timeout: float = 30.0) -> list[PartitionLag]:
-    """Committed offset, log-end offset and lag per partition, as ``kafka-consumer-groups --describe``.
+class LagProbe:
+    """Committed offset, log-end offset and lag per partition of one consumer group, as
+    ``kafka-consumer-groups --describe`` shows them. Holds one client, so a worker can ask often.
 
     Without a committed offset the lag counts from the earliest offset still in the log.
     """
-    group = group or settings.app_id
-    consumer = Consumer(settings.confluent_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        metadata = consumer.list_topics(timeout=timeout)
+
+    def __init__(self, settings: Settings, group: str | None = None, topics: Sequence[str] | None = None,
+                 timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.topics = list(topics or [settings.input_topic])
+        self.timeout = timeout
+        # A consumer that never subscribes: it only reads the group's commits and the watermarks.
+        self.consumer = Consumer(settings.confluent_config(**{
+            "group.id": group or settings.app_id, "enable.auto.commit": False}))
+
+    def rows(self) -> list[PartitionLag]:
+        metadata = self.consumer.list_topics(timeout=self.timeout)
         partitions = []
-        for topic in topics or [settings.input_topic]:
+        for topic in self.topics:
             if topic not in metadata.topics:
-                raise ValueError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+                raise ValueError(f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}")
             partitions += [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
         rows = []
-        for tp in consumer.committed(partitions, timeout=timeout):
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        for tp in self.consumer.committed(partitions, timeout=self.timeout):
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
             committed = tp.offset if tp.offset >= 0 else None
             lag = high - (committed if committed is not None else low)
             rows.append(PartitionLag(tp.topic, tp.partition, committed, high, max(lag, 0)))
         return rows
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def consumer_lag(settings: Settings, group: str | None = None, topics: Sequence[str] | None = None,
+                 timeout: float = 30.0) -> list[PartitionLag]:
+    """One-shot :class:`LagProbe` (``photoclust lag``)."""
+    probe = LagProbe(settings, group, topics, timeout)
+    try:
+        return probe.rows()
     finally:
-        consumer.close()
+        probe.close()

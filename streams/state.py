@@ -51,9 +51,15 @@ def _array(value: bytes, dtype: str, n_words: int | None = None) -> np.ndarray:
     return array.reshape(-1, n_words) if n_words else array
 
 
-def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None) -> list[Record]:
+InputPositions = Mapping[tuple[str, int], int]
+
+
+def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None,
+                  input_positions: InputPositions | None = None) -> list[Record]:
     """Records that bring a stored copy up to date after ``result`` (``None``: everything).
 
+    ``input_positions`` maps (topic, partition) to the next input offset the state does not yet
+    reflect; a restarted worker skips redelivered events below it instead of clustering them twice.
     Order matters: blocks and chunks first, ``meta`` last.
     """
     # Centers are read through the clusterer's read-only views: export_state() would copy all of
@@ -92,7 +98,9 @@ def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None
         )))
     meta = {name: state[name] for name in _PARAMS}
     meta.update(format=STATE_FORMAT, n_windows=state["n_windows"], n_clusters=n_clusters,
-                n_pending=n_pending, n_pending_chunks=n_chunks)
+                n_pending=n_pending, n_pending_chunks=n_chunks,
+                input_positions=sorted([topic, partition, offset]
+                                       for (topic, partition), offset in (input_positions or {}).items()))
     records.append((META_KEY, msgpack.packb(meta, use_bin_type=True)))
     return records
 
@@ -104,6 +112,14 @@ def stale_pending_keys(previous_chunks: int, current_chunks: int) -> list[Record
 
 def n_pending_chunks(records: list[Record]) -> int:
     return msgpack.unpackb(records[-1][1])["n_pending_chunks"]
+
+
+def stored_input_positions(get: Mapping[bytes, bytes] | Any) -> dict[tuple[str, int], int]:
+    """The input positions the stored state reflects (empty without state)."""
+    raw_meta = get.get(META_KEY)
+    if raw_meta is None:
+        return {}
+    return {(topic, partition): offset for topic, partition, offset in msgpack.unpackb(raw_meta).get("input_positions", [])}
 
 
 def restore_clusterer(get: Mapping[bytes, bytes] | Any) -> OnlineClusterer | None:

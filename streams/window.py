@@ -17,15 +17,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from core.codes import from_bytes
 from core.online import OnlineClusterer, Outcome, WindowResult
 from core.warmup import warm_up
 
-from .codecs import PhotoDecoder, encode_assignments, encode_dlq
+from .codecs import MAX_DLQ_VALUE_BYTES, PhotoDecoder, encode_assignments, encode_dlq
 from .config import Settings
-from .state import CENTERS_PREFIX, cluster_record, n_pending_chunks, restore_clusterer, stale_pending_keys, state_records
+from .metrics import resident_memory_bytes
+from .state import (
+    CENTERS_PREFIX,
+    cluster_record,
+    n_pending_chunks,
+    restore_clusterer,
+    stale_pending_keys,
+    state_records,
+    stored_input_positions,
+)
 
 log = logging.getLogger("photoclust.window")
 
@@ -69,10 +78,16 @@ class ClusteringWorker:
         self._idle_flushed = True
         self._windows_in_flight = 0
         self._pending_chunks = 0
+        self._stopping = False
+        self._input_positions: dict[tuple[str, int], int] = {}  # next offset per input partition, in the state
+        self._dead_letters_logged = 0
+        self._cluster_task: asyncio.Task | None = None
+        self._lag_probe: Any = None
+        self.lag_rows: list[Any] | None = None  # the group's lag per input partition, refreshed by a timer
         self.counters: dict[str, Any] = {
             "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
             "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
-            "last_window": None,
+            "last_window": None, "rebalances": 0, "lag_errors": 0, "replays_skipped": 0,
         }
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -82,19 +97,23 @@ class ClusteringWorker:
         # Compile or load the Numba kernels now, not inside the first window.
         await loop.run_in_executor(self._executor, warm_up, self.settings.n_bits)
         await self.app.tables.recovery.completed.wait()
-        end, committed = await loop.run_in_executor(None, self._state_topic_offsets)
-        while max(committed, self._state_applied + 1) < end:
+        last_record = await loop.run_in_executor(None, self._last_state_record_offset)
+        while self._state_applied < last_record:
             await asyncio.sleep(0.1)
-        restored = restore_clusterer(_TableView(self.centers_table, self.clusterer_table))
+        tables = _TableView(self.centers_table, self.clusterer_table)
+        restored = restore_clusterer(tables)
+        # Events below these offsets are already in the restored state (their window's state was
+        # written, its offsets not yet committed when the last worker died): skip, do not re-cluster.
+        self._input_positions = stored_input_positions(tables)
         self.clusterer = restored if restored is not None else self._new_clusterer()
         if restored is not None:
             self._pending_chunks = (restored.n_pending_ + 4095) // 4096
-        log.info("state restored: %d clusters, %d pending photos, %d windows done",
+        log.info("event=state_restored clusters=%d pending=%d windows=%d",
                  self.clusterer.n_clusters_ if restored else 0, restored.n_pending_ if restored else 0,
                  restored.n_windows_ if restored else 0)
         self._queue = asyncio.Queue(maxsize=1)
         self._last_event = time.monotonic()
-        asyncio.get_running_loop().create_task(self._cluster_windows())
+        self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
         self._ready.set()
 
     def _new_clusterer(self) -> OnlineClusterer:
@@ -105,19 +124,85 @@ class ClusteringWorker:
             pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed,
         )
 
-    def _state_topic_offsets(self) -> tuple[int, int]:
-        """(end offset, this group's committed offset) of the state topic, via confluent-kafka."""
-        consumer = Consumer(self.settings.confluent_config(**{"group.id": self.settings.app_id, "enable.auto.commit": False}))
+    def _last_state_record_offset(self) -> int:
+        """Offset of the last committed state record the tables have yet to apply (-1: none).
+
+        Read, not computed from the log-end offset: with exactly_once the log ends with
+        transaction markers (and aborted records) that no consumer ever sees.
+        """
+        consumer = Consumer(self.settings.confluent_config(**{
+            "group.id": self.settings.app_id, "enable.auto.commit": False, "enable.partition.eof": True,
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest"}))
         try:
             tp = TopicPartition(self.settings.state_topic, 0)
-            _, end = consumer.get_watermark_offsets(tp, timeout=30)
             committed = consumer.committed([tp], timeout=30)[0].offset
-            return max(end, 0), max(committed, 0)
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            start = committed if committed >= 0 else low
+            if start >= high:
+                return -1
+            consumer.assign([TopicPartition(self.settings.state_topic, 0, start)])
+            last = -1
+            while True:
+                message = consumer.poll(30)
+                if message is None:
+                    raise RuntimeError(f"reading {self.settings.state_topic} from offset {start} timed out")
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        return last
+                    raise RuntimeError(f"reading {self.settings.state_topic}: {message.error()}")
+                last = message.offset()
         finally:
             consumer.close()
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    @property
+    def ready(self) -> bool:
+        """The clusterer is rebuilt from the tables and clustering runs."""
+        return self._ready.is_set() and self._cluster_task is not None and not self._cluster_task.done()
+
+    def clustering_alive(self) -> bool:
+        """False once the coroutine that clusters windows has died (liveness)."""
+        return self._cluster_task is None or not self._cluster_task.done()
+
+    # -- stopping -----------------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Finish the windows already closed, so that their offsets can be committed on the way out.
+
+        The window still being filled is neither clustered nor acknowledged: its photos have no
+        outcome yet and are redelivered to the next worker, so a graceful stop emits no duplicate.
+        Returns False if the closed windows did not finish within ``timeout`` seconds.
+        """
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        drained = self._windows_in_flight == 0
+        log.info("event=drain drained=%s windows_in_flight=%d parked_photos=%d", drained,
+                 self._windows_in_flight, len(self.window))
+        return drained
+
+    # -- lag ----------------------------------------------------------------------------------------
+    async def refresh_lag(self) -> None:
+        """Ask the broker for the group's committed and log-end offsets (off the event loop)."""
+        try:
+            self.lag_rows = await asyncio.get_running_loop().run_in_executor(None, self._lag_rows_blocking)
+        except Exception as e:  # the broker may be away; /metrics says so and the worker carries on
+            self.counters["lag_errors"] += 1
+            self.lag_rows = None
+            log.warning("event=lag_query_failed error=%r", str(e))
+
+    def _lag_rows_blocking(self) -> list[Any]:
+        if self._lag_probe is None:
+            from .kafka_io import LagProbe
+
+            self._lag_probe = LagProbe(self.settings, timeout=10.0)
+        return self._lag_probe.rows()
+
+    def on_rebalance(self, assigned: Any) -> None:
+        self.counters["rebalances"] += 1
+        log.info("event=rebalance assigned=%s", ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
     # -- state records ------------------------------------------------------------------------------
     def apply_state_record(self, key: bytes, value: bytes | None, offset: int) -> None:
@@ -135,27 +220,34 @@ class ClusteringWorker:
     async def add_events(self, events: list[Any]) -> None:
         self._last_event = time.monotonic()
         for event in events:
-            window = self.window
             message = event.message
-            if not window.messages:
-                window.opened = time.monotonic()
-            window.messages.append(message)
+            if message.offset < self._input_positions.get((message.topic, message.partition), -1):
+                message.ack(self.app.consumer)
+                self.counters["replays_skipped"] += 1
+                continue
             decoded = self.decoder.decode(message.value, message.key)
             for row, reason in decoded.errors:
                 await self._dead_letter(message, row, reason)
+            # Only now take the window: while a dead letter was being sent, the timer may have
+            # closed the previous one, and this message and its rows must not join a window
+            # that is already being clustered.
+            window = self.window
+            if not window.messages:
+                window.opened = time.monotonic()
+            window.messages.append(message)
             if decoded.ids:
                 default_ts = message.timestamp or time.time()
                 window.ids.extend(decoded.ids)
                 window.hashes.extend(decoded.hashes)
                 window.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
-                if len(window) >= self.settings.window_size:
+                if len(window) >= self.settings.window_size and not self._stopping:
                     await self._close_window()
         self.counters["events_in"] += len(events)
         self._last_event = time.monotonic()
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
-        if not self._ready.is_set():
+        if not self._ready.is_set() or self._stopping:
             return
         window, now = self.window, time.monotonic()
         if window.messages and now - window.opened >= self.settings.max_wait_s:
@@ -180,7 +272,13 @@ class ClusteringWorker:
 
     async def _dead_letter(self, message: Any, row: int | None, reason: str) -> None:
         value = encode_dlq(reason, row, message.topic, message.partition, message.offset, message.key, message.value)
-        await self.dlq_topic.send(key=message.key, value=value)
+        # The record carries the original key (cut, with its size); the Kafka key is cut too, or a
+        # multi-megabyte key would exceed the producer's request size and crash the agent.
+        key = message.key[:MAX_DLQ_VALUE_BYTES] if message.key is not None else None
+        if self.settings.processing_guarantee == "exactly_once":
+            await self._send_all(self.settings.dlq_topic, [(key, value)])
+        else:
+            await self.dlq_topic.send(key=key, value=value)
         self.counters["dlq_rows" if row is not None else "dlq_events"] += 1
         log.debug("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
@@ -193,25 +291,31 @@ class ClusteringWorker:
                 if window.flush_pending and self.clusterer.n_pending_:
                     result = await loop.run_in_executor(self._executor, self.clusterer.flush, time.time())
                     await self._publish(result, np.zeros(0))
-                    log.info("stream idle for %.0fs: %d pending photos declared noise",
-                             self.settings.pending_idle_s, result.n_noise)
+                    log.info("event=idle_flush idle_s=%.0f noise=%d", self.settings.pending_idle_s, result.n_noise)
                 if window.ids:
                     codes = from_bytes(window.hashes, self.settings.n_bits)
                     now = time.time()
                     started = time.perf_counter()
                     result = await loop.run_in_executor(self._executor, self.clusterer.process, window.ids, codes, now)
                     clustered = time.perf_counter()
+                    for message in window.messages:
+                        tp = (message.topic, message.partition)
+                        self._input_positions[tp] = max(self._input_positions.get(tp, 0), message.offset + 1)
                     await self._publish(result, np.asarray(window.ts_in, dtype=np.float64))
                     self._log_window(result, len(window), clustered - started, time.perf_counter() - clustered)
                 await self.app.producer.flush()
                 consumer = self.app.consumer
                 for message in window.messages:
                     message.ack(consumer)
+                # Commit now rather than on Faust's timer: a crash then repeats at most the window
+                # being clustered (and, with exactly_once, the window's outputs and offsets are
+                # one Kafka transaction).
+                await consumer.commit()
                 if not window.flush_pending:
                     self._windows_in_flight -= 1
                     self._last_event = time.monotonic()
             except Exception:  # a failed window must not be acked: crash so it is redelivered
-                log.exception("clustering a window failed; stopping so that its photos are redelivered")
+                log.exception("event=window_failed action=crash reason='its photos are redelivered after a restart'")
                 await self.app.crash(RuntimeError("window failed"))
                 raise
 
@@ -223,7 +327,7 @@ class ClusteringWorker:
         values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
                                     result.window, ts_in[final], time.time())
         outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
-        records = state_records(self.clusterer, result)
+        records = state_records(self.clusterer, result, self._input_positions)
         chunks = n_pending_chunks(records)
         records = records[:-1] + stale_pending_keys(self._pending_chunks, chunks) + records[-1:]
         self._pending_chunks = chunks
@@ -240,13 +344,18 @@ class ClusteringWorker:
         Faust's ``Topic.send`` cost about 0.5 ms per record here (20,000 outcomes took 11 s) and
         its aiokafka producer about 30 us, so at-least-once output goes through a librdkafka
         (confluent-kafka) producer, about 1-2 us per record, run in a thread. Exactly-once output
-        must join the consumer's Kafka transaction, so it goes through Faust's own producer. Any
-        failed delivery raises, and the window is then not acknowledged.
+        must join the Kafka transaction that also commits the input offsets (Faust's transactional
+        producer of the input partition), so that a crash aborts outcomes, state records and
+        offsets together. Any failed delivery raises, and the window is then not acknowledged.
         """
         if self.settings.processing_guarantee == "exactly_once":
-            send = self.app.producer.send
-            pending = [await send(topic, key, value, None, None, None) for key, value in records]
-            await self.app.producer.flush()
+            transactions = self.app.consumer.transactions
+            # Faust names the transaction of input partition p "<app id>-<topic group>-<p>";
+            # exactly_once runs with one input partition (Settings checks it).
+            transactional_id = f"{self.app.conf.id}-{self.app.assignor.group_for_topic(self.settings.input_topic)}-0"
+            pending = [await transactions.producer.send(topic, key, value, None, None, None,
+                                                        transactional_id=transactional_id)
+                       for key, value in records]
             for future in pending:
                 await future  # raises the delivery error, if any
             return
@@ -284,17 +393,21 @@ class ClusteringWorker:
             "joined": result.n_joined, "founded": result.n_founded, "held": result.n_held, "noise": result.n_noise,
             "new_clusters": result.n_new_clusters,
         }
-        log.info("window %d clustered: %d photos in %.2fs (+%.2fs to publish); joined=%d founded=%d held=%d "
-                 "noise=%d; %d new clusters, %d in all, %d pending", result.window, n_photos, seconds,
-                 publish_seconds, result.n_joined,
-                 result.n_founded, result.n_held, result.n_noise, result.n_new_clusters, result.n_clusters,
-                 result.n_pending)
+        dead_letters = self.counters["dlq_events"] + self.counters["dlq_rows"]
+        log.info("event=window_clustered window=%d photos=%d seconds=%.3f publish_seconds=%.3f joined=%d founded=%d "
+                 "held=%d noise=%d new_clusters=%d clusters=%d pending=%d dead_letters=%d dead_letters_total=%d",
+                 result.window, n_photos, seconds, publish_seconds, result.n_joined, result.n_founded,
+                 result.n_held, result.n_noise, result.n_new_clusters, result.n_clusters, result.n_pending,
+                 dead_letters - self._dead_letters_logged, dead_letters)
+        self._dead_letters_logged = dead_letters
 
     def stats(self) -> dict[str, Any]:
         clusterer = self.clusterer
         return {
             **self.counters,
-            "ready": self._ready.is_set(),
+            "ready": self.ready,
+            "windows_in_flight": self._windows_in_flight,
+            "rss_bytes": resident_memory_bytes(),
             "clusters": clusterer.n_clusters_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
             "pending": clusterer.n_pending_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
             "window_fill": len(self.window),

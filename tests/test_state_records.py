@@ -58,3 +58,15 @@ def test_missing_block_is_named():
 
 def test_no_state_gives_none():
     assert state.restore_clusterer({}) is None
+
+
+def test_input_positions_travel_with_the_state():
+    ids, codes = _windows(1)[0]
+    live = OnlineClusterer(window_size=5000, radius=60, min_cluster_size=5, random_state=1)
+    result = live.process(ids, codes, now=1.0)
+    store: dict[bytes, bytes] = {}
+    assert state.stored_input_positions(store) == {}
+    _apply(store, state.state_records(live, result, {("photo-hashes", 1): 250, ("photo-hashes", 0): 40}))
+    assert state.stored_input_positions(store) == {("photo-hashes", 0): 40, ("photo-hashes", 1): 250}
+    _apply(store, state.state_records(live, None))  # a state written without positions has none
+    assert state.stored_input_positions(store) == {}
