@@ -20,6 +20,8 @@ def test_compose_file_is_valid():
         pytest.skip(f"`docker compose version` did not run: {e}")
     if version.returncode != 0:
         pytest.skip(f"`docker compose version` exited {version.returncode}: {(version.stderr or version.stdout).strip()}")
-    result = subprocess.run(["docker", "compose", "config", "-q"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, f"docker compose config -q exited {result.returncode}:\n{result.stderr}{result.stdout}"
+    for profiles in ([], ["--profile", "demo"], ["--profile", "monitoring"]):
+        result = subprocess.run(["docker", "compose", *profiles, "config", "-q"], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, (
+            f"docker compose {' '.join(profiles)} config -q exited {result.returncode}:\n{result.stderr}{result.stdout}")
