@@ -21,7 +21,7 @@ from typing import Any
 import faust
 from aiohttp.web import Response
 
-from .config import Settings
+from .config import SECRET_FIELDS, Settings
 from .metrics import CONTENT_TYPE, render
 from .window import ClusteringWorker
 
@@ -225,9 +225,36 @@ def run_worker(settings: Settings) -> None:
     # Faust only subscribes to topics that exist when it starts; create them so that a worker
     # started before its first producer still sees every event.
     ensure_topics(settings)
+    _hide_secrets_in_logs(settings)
     parts = create_app(settings)
     worker = faust.Worker(parts.app, loglevel=settings.log_level)
     worker.execute_from_commandline()
+
+
+def _hide_secrets_in_logs(settings: Settings) -> None:
+    """Mask the secrets in every log record of this process, whatever its logger and level: aiokafka
+    logs each request at DEBUG, the SASL/PLAIN authentication bytes (with the password) included."""
+    secrets = [getattr(settings, name) for name in SECRET_FIELDS if getattr(settings, name)]
+    # as given, and as a repr of its bytes or of the string would show it
+    forms = sorted({form for s in secrets for form in (s, repr(s.encode())[2:-1], repr(s)[1:-1]) if form},
+                   key=len, reverse=True)
+    if not forms:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the logging module's to report
+            return record
+        if any(form in message for form in forms):
+            for form in forms:
+                message = message.replace(form, "***")
+            record.msg, record.args = message, ()
+        return record
+
+    logging.setLogRecordFactory(record_factory)
 
 
 __all__ = ["Photoclust", "create_app", "run_worker"]
