@@ -135,6 +135,13 @@ class WorkerProcess:
                                      f"{self.log_tail()}")
             time.sleep(0.5)
 
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group: no chance to commit, flush or close anything."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.exit_code = self.proc.returncode
+
     def stop(self, timeout: float = 45.0) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""
         if self.proc is None:
@@ -150,6 +157,31 @@ class WorkerProcess:
                 self.proc.wait(30)
         self.exit_code = self.proc.returncode
         return self.exit_code
+
+
+class PrivateBroker:
+    """A broker of broker.sh on this test's own (port, controller port, data dir), so that restarting
+    or reconfiguring it disturbs no other test.
+
+    ``config`` holds extra ``key=value`` lines for server.properties (broker.sh ``--config``; they
+    come after broker.sh's own lines, so they override them), passed on every start.
+    """
+
+    def __init__(self, data_dir: Path, config: Iterable[str] = ()) -> None:
+        self.port, self.controller_port = free_port(), free_port()
+        self.args = ["--port", str(self.port), "--controller-port", str(self.controller_port),
+                     "--data-dir", str(data_dir)]
+        self.config = list(config)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def run(self, command: str, *extra: str) -> None:
+        config = [arg for kv in self.config for arg in ("--config", kv)] if command == "start" else []
+        result = subprocess.run(["bash", str(BROKER_SH), command, *self.args, *config, *extra], cwd=REPO,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        assert result.returncode == 0, f"broker.sh {command} exited {result.returncode}:\n{result.stdout}"
 
 
 # -- data ---------------------------------------------------------------------------------------------
