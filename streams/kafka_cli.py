@@ -170,12 +170,18 @@ def tail(from_beginning: bool, max_events: int | None, idle_timeout: float | Non
     """Print assignment events (one JSON object per line) as they come."""
     from .kafka_io import iter_assignments
 
+    from confluent_kafka import KafkaException
+
     settings = _settings(params)
-    for count, event in enumerate(iter_assignments(settings, from_beginning=from_beginning,
-                                                   idle_timeout=idle_timeout), start=1):
-        click.echo(json.dumps(event))
-        if max_events is not None and count >= max_events:
-            break
+    try:
+        for count, event in enumerate(iter_assignments(settings, from_beginning=from_beginning,
+                                                       idle_timeout=idle_timeout), start=1):
+            click.echo(json.dumps(event))
+            if max_events is not None and count >= max_events:
+                break
+    except KafkaException as e:
+        raise CommandFailed(f"reading {settings.output_topic} from {settings.bootstrap_servers} failed: "
+                            f"{e.args[0].str() if e.args else e}") from None
 
 
 @main.command()

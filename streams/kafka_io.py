@@ -105,17 +105,30 @@ def produce_photos(
 def iter_assignments(
     settings: Settings, group: str | None = None, from_beginning: bool = True, idle_timeout: float | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Yield decoded assignment events; stops after ``idle_timeout`` seconds without one."""
+    """Yield decoded assignment events; stops after ``idle_timeout`` seconds without one.
+
+    Raises ``KafkaException`` on an error the consumer cannot get past (failed authentication, a
+    fatal client error) instead of waiting silently.
+    """
+    errors: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.fatal() or err.code() == KafkaError._AUTHENTICATION:
+            errors.append(err)
+
     consumer = Consumer(settings.confluent_config(**{
         "group.id": group or f"photoclust-tail-{time.time_ns()}",
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": group is not None,
+        "error_cb": on_error,
     }))
     consumer.subscribe([settings.output_topic])
     last = time.monotonic()
     try:
         while True:
             messages = consumer.consume(10_000, timeout=0.5)
+            if errors:
+                raise KafkaException(errors[0])
             if not messages:
                 if idle_timeout is not None and time.monotonic() - last > idle_timeout:
                     return

@@ -267,6 +267,10 @@ def test_the_sasl_listeners_authenticate(secure_broker: SecureBroker, settings_f
     assert result.returncode != 0, result.stdout
     _assert_no_secret({"lag (wrong password) stdout": result.stdout, "lag (wrong password) stderr": result.stderr})
     assert WRONG_PASSWORD not in result.stdout + result.stderr
+    tail = _cli(wrong, "tail", "--max", "1", "--idle-timeout", "60", timeout=120)
+    assert tail.returncode == 1 and "Authentication failed" in tail.stderr, (tail.returncode, tail.stderr[-2000:])
+    _assert_no_secret({"tail (wrong password) stdout": tail.stdout, "tail (wrong password) stderr": tail.stderr})
+    assert WRONG_PASSWORD not in tail.stdout + tail.stderr
 
 
 def test_worker_and_cli_run_over_sasl_and_sasl_ssl(secure_broker: SecureBroker, settings_factory: Any,
