@@ -80,6 +80,11 @@ class ClusteringWorker:
         self._pending_chunks = 0
         self._stopping = False
         self._input_positions: dict[tuple[str, int], int] = {}  # next offset per input partition, in the state
+        # Next input offset the window takes, per partition, and the partitions being re-fetched after
+        # Faust lost events ([highest offset seen since the seek, offset the last re-fetch began with]):
+        # see _in_sequence.
+        self._next_offset: dict[tuple[str, int], int] = {}
+        self._refetching: dict[tuple[str, int], list[int]] = {}
         self._dead_letters_logged = 0
         self._cluster_task: asyncio.Task | None = None
         self._lag_probe: Any = None
@@ -202,6 +207,7 @@ class ClusteringWorker:
 
     def on_rebalance(self, assigned: Any) -> None:
         self.counters["rebalances"] += 1
+        self._refetching.clear()  # Faust seeks every assigned partition to its committed offset
         log.info("event=rebalance assigned=%s", ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
     # -- state records ------------------------------------------------------------------------------
@@ -221,6 +227,9 @@ class ClusteringWorker:
         self._last_event = time.monotonic()
         for event in events:
             message = event.message
+            if not await self._in_sequence(message):
+                continue
+            self.counters["events_in"] += 1
             if message.offset < self._input_positions.get((message.topic, message.partition), -1):
                 message.ack(self.app.consumer)
                 self.counters["replays_skipped"] += 1
@@ -242,8 +251,65 @@ class ClusteringWorker:
                 window.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
                 if len(window) >= self.settings.window_size and not self._stopping:
                     await self._close_window()
-        self.counters["events_in"] += len(events)
         self._last_event = time.monotonic()
+
+    async def _in_sequence(self, message: Any) -> bool:
+        """True if ``message`` is the next offset of its partition; otherwise it is dropped unacked.
+
+        Faust (0.15.3) can hand the agent a partition's events with a gap after a (re)assignment:
+        ``Recovery.on_recovery_completed`` resumes the input partitions *before* it awaits
+        ``perform_seek()``, so the running fetcher delivers the first records (from the committed
+        offset on) into the agent's queue, and ``flow_control.resume()`` then clears that queue; the
+        re-fetch that follows the seek is dropped by the consumer, whose read offset the rest of the
+        stale batch had already moved past (all but its last record, delivered twice). The first
+        events after the committed offset never reached the agent, and acking the later ones let
+        Faust commit past them (its ``_new_offset`` accepts a gap of one), or stall its commits (a
+        larger gap: no window's outcomes ever became visible with exactly_once).
+
+        So the window takes each partition's events strictly in offset order, starting at the
+        committed offset: an offset already taken (a duplicate delivery) is skipped, and a gap
+        seeks the partition back to the missing offset and drops what comes until it arrives. A
+        record delivered twice means the re-fetch was dropped again: seek again. A gap that two
+        re-fetches in a row begin at the same record is real (transaction markers, aborted or
+        compacted records hold no event): it is accepted.
+        """
+        key, offset = (message.topic, message.partition), message.offset
+        committed = self.app.consumer._committed_offset.get(message.tp)
+        expected = self._next_offset.get(key)
+        if expected is None:
+            # A group with no committed offset starts at the log start (consumer_auto_offset_reset).
+            if committed is None:
+                committed = (await self.app.consumer.earliest_offsets(message.tp)).get(message.tp)
+            expected = committed if committed is not None else offset
+        elif committed is not None and committed > expected:  # another worker took the events in between
+            expected = committed
+        if offset == expected:
+            self._next_offset[key] = offset + 1
+            self._refetching.pop(key, None)
+            return True
+        if offset < expected:
+            log.debug("event=input_redelivered topic=%s partition=%d offset=%d next=%d",
+                      message.topic, message.partition, offset, expected)
+            return False
+        refetch = self._refetching.get(key)
+        if refetch is not None and offset > refetch[0]:  # events after the gap, fetched before the seek
+            refetch[0] = offset
+            return False
+        if refetch is not None and offset == refetch[1]:  # no record between expected and offset
+            log.info("event=input_gap_confirmed topic=%s partition=%d offsets=%d-%d",
+                     message.topic, message.partition, expected, offset - 1)
+            self._next_offset[key] = offset + 1
+            self._refetching.pop(key, None)
+            return True
+        self._refetching[key] = [offset, offset if refetch is not None else -1]
+        log.warning("event=input_gap topic=%s partition=%d offset=%d expected=%d action=seek%s",
+                    message.topic, message.partition, offset, expected, "" if refetch is None else " again")
+        try:
+            await self.app.consumer.seek_wait({message.tp: expected})
+        except Exception as e:  # e.g. the partition was revoked meanwhile: its new owner starts at the commit
+            log.warning("event=input_seek_failed topic=%s partition=%d error=%r", message.topic, message.partition, e)
+            self._refetching.pop(key, None)
+        return False
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
