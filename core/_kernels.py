@@ -275,6 +275,63 @@ def next_combination(v):
     return (((r ^ v) >> 2) // c) | r
 
 
+@njit(inline="always", nogil=True, cache=True)
+def probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_tabled):
+    """Start a probe of table ``j`` at radius ``s``: the buckets whose keys differ from substring
+    ``j`` of ``queries[q]`` in exactly ``s`` bits, in Gosper order. Walk it with ``probe_next``.
+
+    The state is (query key, table start in ``offsets``, table start in ``items``, key bits, s,
+    current mask or -1 before the first, current bucket ``p:stop`` in ``items``).
+    """
+    length = sub_len[j]
+    qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
+    return (
+        qkey, table_base[j], j * n_tabled, length, np.int64(s), np.int64(-1), np.int64(0), np.int64(0)
+    )
+
+
+@njit(inline="always", nogil=True, cache=True)
+def probe_next(probe, offsets, items, stamp, stamp_value, skip):
+    """Next item of the probe neither stamped with ``stamp_value`` nor ``skip``; stamps it.
+
+    Returns ``(item, probe)``; item is -1 once the probe is exhausted. ``skip`` is read afresh on
+    every call, so a caller passes its current candidate (which stays unstamped, as it is skipped).
+    """
+    qkey, base, first, length, s, mask, p, stop = probe
+    while True:
+        while p < stop:
+            c = items[first + p]
+            p += 1
+            if stamp[c] != stamp_value and c != skip:
+                stamp[c] = stamp_value
+                return c, (qkey, base, first, length, s, mask, p, stop)
+        # This bucket is done: on to the next mask of s bits (the first one if not started).
+        if mask < 0:
+            mask = (np.int64(1) << s) - 1
+        elif s == 0:
+            return -1, (qkey, base, first, length, s, mask, p, stop)
+        else:
+            mask = next_combination(mask)
+        if mask >= np.int64(1) << length:
+            return -1, (qkey, base, first, length, s, mask, p, stop)
+        key = qkey ^ mask
+        p = offsets[base + key]
+        stop = offsets[base + key + 1]
+
+
+@njit(inline="always", nogil=True, cache=True)
+def offer_nearest(d, c, best_d, best_c, second_d):
+    """Item ``c`` at distance ``d`` against the candidate (ties: lowest index) and the runner-up
+    distance ``second_d``; returns the new (best_d, best_c, second_d)."""
+    if d < best_d or (d == best_d and c < best_c):
+        if best_c >= 0 and best_d < second_d:
+            second_d = best_d
+        return d, c, second_d
+    if d < second_d:
+        second_d = d
+    return best_d, best_c, second_d
+
+
 @njit(nogil=True, cache=True)
 def mih_search_one(
     queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
@@ -296,13 +353,7 @@ def mih_search_one(
         if c == best_c:
             continue
         d = row_distance(queries, q, items_codes, c)
-        if d < best_d or (d == best_d and c < best_c):
-            if best_c >= 0 and best_d < second_d:
-                second_d = best_d
-            best_d = d
-            best_c = c
-        elif d < second_d:
-            second_d = d
+        best_d, best_c, second_d = offer_nearest(d, c, best_d, best_c, second_d)
     if n_tabled == 0:
         return best_d, best_c, second_d, FAR, True
     min_len = 64
@@ -325,29 +376,13 @@ def mih_search_one(
             probes += n_masks
             if probes > probe_budget:
                 return best_d, best_c, second_d, m * s, False
-            qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
-            base = table_base[j]
-            n = n_tabled
-            mask = (np.int64(1) << s) - 1
-            limit = np.int64(1) << length
-            while mask < limit:
-                key = qkey ^ mask
-                for p in range(offsets[base + key], offsets[base + key + 1]):
-                    c = items[j * n + p]
-                    if stamp[c] == stamp_value or c == best_c:
-                        continue
-                    stamp[c] = stamp_value
-                    d = row_distance(queries, q, items_codes, c)
-                    if d < best_d or (d == best_d and c < best_c):
-                        if best_c >= 0 and best_d < second_d:
-                            second_d = best_d
-                        best_d = d
-                        best_c = c
-                    elif d < second_d:
-                        second_d = d
-                if s == 0:
+            probe = probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_tabled)
+            while True:
+                c, probe = probe_next(probe, offsets, items, stamp, stamp_value, best_c)
+                if c < 0:
                     break
-                mask = next_combination(mask)
+                d = row_distance(queries, q, items_codes, c)
+                best_d, best_c, second_d = offer_nearest(d, c, best_d, best_c, second_d)
             if s == length:
                 # Every key of this substring was probed: every item has been seen.
                 return best_d, best_c, second_d, FAR, True
@@ -409,27 +444,17 @@ def mih_range_one(
             length = sub_len[j]
             if s > length:
                 continue
-            qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
-            base = table_base[j]
-            n = n_tabled
-            mask = (np.int64(1) << s) - 1
-            limit = np.int64(1) << length
-            while mask < limit:
-                key = qkey ^ mask
-                for p in range(offsets[base + key], offsets[base + key + 1]):
-                    c = items[j * n + p]
-                    if stamp[c] == stamp_value:
-                        continue
-                    stamp[c] = stamp_value
-                    d = row_distance(queries, q, items_codes, c)
-                    if d <= radius:
-                        if emit:
-                            out_idx[count] = c
-                            out_dist[count] = d
-                        count += 1
-                if s == 0:
+            probe = probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_tabled)
+            while True:
+                c, probe = probe_next(probe, offsets, items, stamp, stamp_value, -1)
+                if c < 0:
                     break
-                mask = next_combination(mask)
+                d = row_distance(queries, q, items_codes, c)
+                if d <= radius:
+                    if emit:
+                        out_idx[count] = c
+                        out_dist[count] = d
+                    count += 1
             if s == length:
                 return count
     return count
