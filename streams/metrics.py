@@ -83,7 +83,7 @@ def render(stats: Mapping[str, Any], lag: Sequence[PartitionLag] | None) -> str:
     emit("photoclust_consumer_committed_offset", [(_tp(r), r.committed) for r in rows if r.committed is not None])
     emit("photoclust_log_end_offset", [(_tp(r), r.log_end) for r in rows])
     emit("photoclust_lag_scrape_errors_total", [({}, stats.get("lag_errors", 0))])
-    emit("process_resident_memory_bytes", [({}, resident_memory_bytes())])
+    emit("process_resident_memory_bytes", [({}, stats.get("rss_bytes", 0))])
     return "\n".join(out) + "\n"
 
 

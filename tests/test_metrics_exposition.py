@@ -14,7 +14,7 @@ STATS = {
     "outcomes": {"joined": 30_000, "founded": 4_000, "noise": 500},
     "last_window": {"photos": 5000, "seconds": 1.25, "publish_seconds": 0.5},
     "rebalances": 1, "lag_errors": 0, "ready": True, "windows_in_flight": 1,
-    "clusters": 812, "pending": 77, "window_fill": 1234,
+    "clusters": 812, "pending": 77, "window_fill": 1234, "rss_bytes": 209_715_200,
 }
 
 
@@ -52,7 +52,7 @@ def test_values_come_from_the_stats_counters():
     # a partition without a committed offset has no committed sample (not a fake 0)
     assert 'photoclust_consumer_committed_offset{topic="photo-hashes",partition="1"}' not in samples
     assert samples['photoclust_consumer_committed_offset{topic="photo-hashes",partition="0"}'] == 90
-    assert samples["process_resident_memory_bytes"] > 0
+    assert samples["process_resident_memory_bytes"] == 209_715_200
 
 
 def test_no_lag_samples_when_the_broker_could_not_be_asked():
