@@ -299,9 +299,12 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     base = Settings.load()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         console.print("[bold]starting the local Kafka broker[/bold] (deploy/kafka/broker.sh)")
-        if _broker("status", check=False, capture=True).returncode != 0:
-            _broker("start")
+        status = _broker("status", check=False, capture=True)
+        if status.returncode != 0:
+            status = _broker("start", capture=True)
             started_broker = True
+        # broker.sh prints the address it listens on last (PHOTOCLUST_KAFKA_PORT may move it off 19092)
+        base = base.replace(bootstrap_servers=status.stdout.strip().splitlines()[-1])
     web_port = _free_port()
     settings = base.replace(
         app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
