@@ -157,6 +157,163 @@ def nearest_among(points, rows, subset_t, subset, labels, best, lower):
             lower[i] = low
 
 
+# ---------------------------------------------------------------------------------------------
+# Neighbour lists between centers (Elkan's bound). If a point is u away from center a, every center
+# c with d(x, c) <= u lies within 2u of a (triangle inequality), and a center farther than R from a
+# is more than R - u from the point. So the nearest center of a point with a candidate is found
+# among the centers near its candidate, and where codes form clusters that list is short.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def neighbor_lists(centers, sources, targets_t, targets, radius, lists, counts, reach):
+    """Targets near each source center, as many as fit in a row of ``lists``.
+
+    ``targets_t`` holds the target centers TRANSPOSED (``[n_words, n_targets]``) and ``targets``
+    their ids. For source ``s`` (center ``sources[s]``), OUT ``reach[s]``: the largest radius
+    ``<= radius[s]`` whose ball around the source holds at most ``lists.shape[1]`` targets other than
+    the source itself (-1 if radius 0 already holds more), and ``lists[s, :counts[s]]``: exactly
+    those targets. Every target not listed is farther than ``reach[s]`` from the source.
+    """
+    n_sources = sources.shape[0]
+    n_targets = targets_t.shape[1]
+    cap = lists.shape[1]
+    n_chunks = min(n_sources, 64)
+    for chunk in prange(n_chunks):
+        buf = np.empty(n_targets, dtype=np.int16)
+        histogram = np.empty(radius.max() + 1, dtype=np.int64)
+        for s in range(chunk * n_sources // n_chunks, (chunk + 1) * n_sources // n_chunks):
+            a = sources[s]
+            distances_into(centers, a, targets_t, buf)
+            r = radius[s]
+            histogram[: r + 1] = 0
+            for t in range(n_targets):
+                d = buf[t]
+                if d <= r and targets[t] != a:
+                    histogram[d] += 1
+            within = 0
+            reach_s = -1
+            for d in range(r + 1):
+                within += histogram[d]
+                if within > cap:
+                    break
+                reach_s = d
+            count = 0
+            if reach_s >= 0:
+                for t in range(n_targets):
+                    if buf[t] <= reach_s and targets[t] != a:
+                        lists[s, count] = targets[t]
+                        count += 1
+            counts[s] = count
+            reach[s] = reach_s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def nearest_in_lists(points, rows, centers, slot, lists, counts, reach, labels, best, lower, settled):
+    """Nearest center of ``points[rows]`` among its candidate and the candidate's neighbour list.
+
+    IN ``labels``/``best``: the candidate ``a`` and its exact distance ``u``; ``slot[a]`` is the row
+    of ``a`` in ``lists``/``counts``/``reach`` (-1: none). Where ``2u <= reach`` the answer is exact
+    (every center that could beat or tie ``a`` is listed): OUT ``labels``/``best`` = the nearest
+    (ties: lowest id), ``lower`` = min(``lower`` in, every listed loser, the old candidate if it lost,
+    ``reach + 1 - u`` for the unlisted), ``settled`` True. Elsewhere nothing changes and ``settled``
+    is False (search those points another way). ``lower`` in covers the centers that are not targets
+    of the lists (FAR when the lists cover every center).
+    """
+    n_rows = rows.shape[0]
+    for r in prange(n_rows):
+        i = rows[r]
+        a = labels[i]
+        u = best[i]
+        s = slot[a]
+        if s < 0 or 2 * u > reach[s]:
+            settled[i] = False
+            continue
+        best_d = u
+        best_c = a
+        second_d = min(lower[i], np.int32(reach[s] + 1 - u))
+        for t in range(counts[s]):
+            c = lists[s, t]
+            d = row_distance(points, i, centers, c)
+            best_d, best_c, second_d = offer_nearest(d, c, best_d, best_c, second_d)
+        labels[i] = best_c
+        best[i] = best_d
+        lower[i] = second_d
+        settled[i] = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Linked groups (the "linked" Bk-means init): codes that share a bucket of a substring table and
+# lie within a radius are linked; groups grow along the links, nearest first, up to a size cap.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def bucket_links(codes, table_base, offsets, items, radius, window, chunks, starts, a, b, d):
+    """Pairs of codes within ``radius`` that share a bucket of an MIH table over ``codes``.
+
+    ``chunks[c]`` = (table, first key, stop key): a slice of one table's buckets. Each code is
+    compared with the next ``window`` codes of its bucket (every pair in buckets of up to
+    ``window + 1``). With an empty ``starts``, only counts: OUT ``a[c]`` = links found in chunk
+    ``c``. Otherwise OUT the links of chunk ``c`` at ``a/b/d[starts[c]:]``: both codes and their
+    distance.
+    """
+    n = codes.shape[0]
+    count_only = starts.shape[0] == 0
+    for c in prange(chunks.shape[0]):
+        j = chunks[c, 0]
+        base = table_base[j]
+        first = j * n
+        found = 0
+        out = 0 if count_only else starts[c]
+        for key in range(chunks[c, 1], chunks[c, 2]):
+            start = offsets[base + key]
+            stop = offsets[base + key + 1]
+            for p in range(start, stop):
+                x = items[first + p]
+                for q in range(p + 1, min(stop, p + 1 + window)):
+                    y = items[first + q]
+                    dist = row_distance(codes, x, codes, y)
+                    if dist <= radius:
+                        if not count_only:
+                            a[out + found] = x
+                            b[out + found] = y
+                            d[out + found] = dist
+                        found += 1
+        if count_only:
+            a[c] = found
+
+
+@njit(inline="always", nogil=True, cache=True)
+def find_root(parent, i):
+    """Root of ``i``'s group, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@njit(nogil=True, cache=True)
+def capped_groups(a, b, order, cap, parent, size):
+    """Union-find over the links ``(a[e], b[e])`` taken in ``order`` (nearest first), joining two
+    groups only while the joined group stays within ``cap`` codes. OUT ``parent[i]``: the root of
+    code ``i``'s group, ``size[root]``: the group's size."""
+    for i in range(parent.shape[0]):
+        parent[i] = i
+        size[i] = 1
+    for e in order:
+        ra = find_root(parent, a[e])
+        rb = find_root(parent, b[e])
+        if ra == rb or size[ra] + size[rb] > cap:
+            continue
+        if size[ra] < size[rb] or (size[ra] == size[rb] and rb < ra):
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+    for i in range(parent.shape[0]):
+        parent[i] = find_root(parent, i)
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def lower_min_distance(points, centers, c, dist):
     """IN/OUT ``dist[i]`` = min(dist[i], distance(points[i], centers[c])) (k-means++ seeding)."""

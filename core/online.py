@@ -421,7 +421,7 @@ class OnlineClusterer:
             rest_codes = all_codes[rest]
             k = min(rest.shape[0], max(1, int(math.floor(rest.shape[0] * self.new_centers_ratio_ + 0.5))))
             model = BKMeans(
-                n_clusters=k, max_iter=self.max_iter_, init="random", random_state=self._window_rng(window)
+                n_clusters=k, max_iter=self.max_iter_, init="linked", random_state=self._window_rng(window)
             ).fit(rest_codes)
             labels = model.labels_
             dist = paired_distances(rest_codes, model.cluster_centers_[labels])

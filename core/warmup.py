@@ -6,7 +6,7 @@ that inside its first window, and a benchmark must not time it.
 
 from __future__ import annotations
 
-from .bkmeans import ASSIGN_METHODS, BKMeans
+from .bkmeans import ASSIGN_METHODS, INIT_METHODS, BKMeans
 from .hamming import hamming_distances
 from .mih import MultiIndexHash
 from .online import OnlineClusterer
@@ -18,7 +18,8 @@ def warm_up(n_bits: int = 256) -> None:
     codes, _, _ = planted_codes(400, 8, n_bits=n_bits, flip_prob=0.1, random_state=0)
     for method in ASSIGN_METHODS:
         BKMeans(8, max_iter=3, assign=method, init="random", random_state=0).fit(codes).predict(codes[:10])
-    BKMeans(8, max_iter=2, init="k-means++", random_state=0).fit(codes)
+    for init in INIT_METHODS:
+        BKMeans(8, max_iter=2, init=init, random_state=0).fit(codes)
     hamming_distances(codes[:4], codes[:4])
     clusterer = OnlineClusterer(n_bits=n_bits, window_size=400, radius=n_bits // 4, min_cluster_size=5,
                                 random_state=0)

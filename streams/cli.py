@@ -358,10 +358,11 @@ def synth(
 )
 @click.option(
     "--init",
-    type=click.Choice(["random", "k-means++"]),
-    default="random",
+    type=click.Choice(["linked", "random", "k-means++"]),
+    default="linked",
     show_default=True,
-    help="Initial centers: k random codes, or k-means++ seeding (k passes; for modest k).",
+    help="Initial centers: one in each of the k largest groups of near-duplicate codes, k random "
+    "codes, or k-means++ seeding (k passes; for modest k).",
 )
 @click.option(
     "--assign",

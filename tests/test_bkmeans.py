@@ -24,10 +24,14 @@ def _per_iteration(method, codes, k, **kw):
     return model, snapshots
 
 
+@pytest.mark.parametrize("init", ["linked", "random"])
 @pytest.mark.parametrize("n_bits,p", [(256, 0.1), (256, 0.25), (64, 0.1), (128, 0.3)])
-def test_mih_auto_and_brute_agree_label_for_label(n_bits, p):
+def test_mih_auto_and_brute_agree_label_for_label(n_bits, p, init):
     codes, _ = planted(3000, 60, p, n_bits, seed=n_bits)
-    runs = {m: _per_iteration(m, codes, 60, max_iter=8, tol=0, random_state=4) for m in ("brute", "mih", "auto")}
+    runs = {
+        m: _per_iteration(m, codes, 60, max_iter=8, tol=0, init=init, random_state=4)
+        for m in ("brute", "mih", "auto")
+    }
     brute, brute_snaps = runs["brute"]
     for method in ("mih", "auto"):
         model, snaps = runs[method]
@@ -41,7 +45,8 @@ def test_mih_auto_and_brute_agree_label_for_label(n_bits, p):
 
 def test_labels_are_exact_nearest_and_objective_never_increases():
     codes, _ = planted(2000, 40, 0.15, seed=1)
-    model = BKMeans(40, max_iter=15, tol=0, random_state=0).fit(codes)
+    # Random seeds, so that the rounds have work to do (linked seeds start near convergence).
+    model = BKMeans(40, max_iter=15, tol=0, init="random", random_state=0).fit(codes)
     d = reference_distances(codes, model.cluster_centers_)
     assert np.array_equal(model.labels_, d.argmin(axis=1))
     assert model.inertia_ == int(d.min(axis=1).sum())
@@ -78,7 +83,7 @@ def test_seeded_runs_repeat_exactly_and_seeds_matter():
 
 
 @pytest.mark.skipif(purity is None, reason="core.metrics not available")
-@pytest.mark.parametrize("init", ["random", "k-means++"])
+@pytest.mark.parametrize("init", ["linked", "random", "k-means++"])
 def test_planted_purity(init):
     codes, truth = planted(10000, 100, 0.1, seed=5)
     model = BKMeans(100, max_iter=20, init=init, random_state=0).fit(codes)
@@ -101,7 +106,7 @@ def test_empty_clusters_are_reseeded_and_predict_matches():
         ({"n_clusters": 0}, ValueError, r"n_clusters=0 must be >= 1"),
         ({"n_clusters": 2, "max_iter": 0}, ValueError, r"max_iter=0 must be >= 1"),
         ({"n_clusters": 2, "tol": -1}, ValueError, r"tol=-1 must be a number in \[0, 1\]"),
-        ({"n_clusters": 2, "init": "kmeans"}, ValueError, r"init='kmeans' is not one of \['k-means\+\+', 'random'\]"),
+        ({"n_clusters": 2, "init": "kmeans"}, ValueError, r"init='kmeans' is not one of \['k-means\+\+', 'linked', 'random'\]"),
         ({"n_clusters": 2, "assign": "faiss"}, ValueError, r"assign='faiss' is not one of"),
         ({"n_clusters": 2.5}, TypeError, r"n_clusters must be an integer"),
         ({"n_clusters": 2, "random_state": "x"}, TypeError, r"random_state='x' must be None, a non-negative int"),
@@ -117,3 +122,66 @@ def test_bad_codes():
         BKMeans(2).fit(np.zeros((3, 32), np.uint8))
     with pytest.raises(RuntimeError, match="not fitted"):
         BKMeans(2).predict(np.zeros((3, 4), np.uint64))
+
+
+@pytest.mark.parametrize("cap", [1, 4, 64])
+def test_neighbour_list_search_is_exact_where_it_settles(cap, monkeypatch):
+    """Elkan's bound: the nearest center lies among the candidate's list; other rows stay as they were."""
+    import core.bkmeans as bk
+    from core._kernels import FAR
+
+    monkeypatch.setattr(bk, "LIST_CAP", cap)
+    rng = np.random.default_rng(7)
+    base = random_codes(rng, 12, 128)
+    centers = flip_bits(rng, base[rng.integers(0, 12, 80)], 0.05)
+    centers[10] = centers[3]  # duplicate centers: ties go to the lowest id
+    codes = flip_bits(rng, centers[rng.integers(0, 80, 2000)], 0.08)
+    d = reference_distances(codes, centers)
+    labels = rng.integers(0, 80, 2000).astype(np.int64)  # candidates, some far from the point
+    labels[:1000] = d[:1000].argsort(axis=1, kind="stable")[:, 1]  # near but not nearest
+    best = d[np.arange(2000), labels].astype(np.int32)
+    lower = np.full(2000, FAR, dtype=np.int32)
+    before = labels.copy(), best.copy(), lower.copy()
+    rows = np.arange(2000, dtype=np.int64)
+    unsettled = bk._near_candidates(codes, rows, centers, labels, best, lower)
+    settled = np.setdiff1d(rows, unsettled)
+    assert settled.shape[0] > 0
+    nearest = d.argmin(axis=1)  # lowest id among equals
+    assert np.array_equal(labels[settled], nearest[settled])
+    assert np.array_equal(best[settled], d[settled, nearest[settled]])
+    runner_up = np.where(np.arange(80) == nearest[:, None], FAR, d).min(axis=1)
+    assert np.all(lower[settled] <= runner_up[settled])  # a true lower bound
+    assert np.array_equal(labels[unsettled], before[0][unsettled])
+    assert np.array_equal(best[unsettled], before[1][unsettled])
+
+
+def test_linked_init_seeds_about_one_center_per_planted_cluster():
+    from core.bkmeans import _init_linked
+
+    from core.hamming import hamming_distances
+
+    codes, truth = planted(6000, 150, 0.05, seed=8)
+    centers, labels, best = _init_linked(codes, 150, np.random.default_rng(0))
+    d = hamming_distances(codes, centers)
+    nearest = d.argmin(axis=1)
+    # The planted cluster each center serves; a uniform draw of 150 codes covers about 63 % of them.
+    served = [np.bincount(truth[nearest == c]).argmax() for c in range(150) if np.any(nearest == c)]
+    assert np.unique(served).shape[0] >= 0.95 * 150
+    has = labels >= 0
+    assert has.mean() > 0.9
+    assert np.array_equal(best[has], d[np.flatnonzero(has), labels[has]])
+    again = _init_linked(codes, 150, np.random.default_rng(0))
+    assert all(np.array_equal(x, y) for x, y in zip((centers, labels, best), again))
+
+
+@pytest.mark.parametrize("distinct", [3, 400])
+def test_linked_init_fills_with_codes_where_few_groups_link(distinct):
+    from core.bkmeans import _init_linked
+
+    rng = np.random.default_rng(9)
+    codes = np.repeat(random_codes(rng, distinct, 256), 1200 // distinct, axis=0)  # 3 groups, or none linked
+    centers, labels, best = _init_linked(codes, 20, np.random.default_rng(1))
+    assert centers.shape == (20, 4)
+    model = BKMeans(20, max_iter=5, random_state=1).fit(codes)
+    d = reference_distances(codes, model.cluster_centers_)
+    assert np.array_equal(model.labels_, d.argmin(axis=1))

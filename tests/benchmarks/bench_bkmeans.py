@@ -6,8 +6,10 @@ Not a pytest test (pytest only collects ``test_*.py``): a script that prints a t
 
 For every flip probability p, on planted data ``planted_codes(n, k, flip_prob=p, random_state=0)``:
 
-* ours         BKMeans(k, max_iter=iters, tol=0, init="random", assign="auto", random_state=1)
-               on the FULL n; measured.
+* ours         BKMeans(k, max_iter=iters, tol=0, init="linked", assign="auto", random_state=1)
+               on the FULL n; measured. "auto-random" is the same with init="random" (uniform seeds).
+               After the timed fit, the labels of 20,000 random points are checked against an
+               exhaustive scan of the final centers.
 * brute        BKMeans(assign="brute") (the exhaustive Numba scan) on a random subset of
                baseline-n points, same k, baseline-iters iterations; its mean seconds per
                iteration are SCALED linearly to n points: x (n / baseline_n).
@@ -54,8 +56,9 @@ TARGET_SECONDS = {0.1: 120.0, 0.2: 240.0}
 
 FULL_DEFAULTS = dict(n=1_000_000, k=100_000, baseline_n=100_000, float_n=100_000, float_k=10_000)
 QUICK_DEFAULTS = dict(n=20_000, k=2_000, baseline_n=5_000, float_n=5_000, float_k=500)
-METHODS = ("auto", "mih", "brute", "faiss-flat", "faiss-float", "sklearn-float")
-DEFAULT_METHODS = ["auto", "brute", "faiss-flat", "faiss-float"]
+METHODS = ("auto", "auto-random", "mih", "brute", "faiss-flat", "faiss-float", "sklearn-float")
+DEFAULT_METHODS = ["auto", "auto-random", "brute", "faiss-flat", "faiss-float"]
+EXACT_CHECK_POINTS = 20_000
 # Warn when other processes used more than this many cores on average while a measurement ran.
 FOREIGN_LOAD_WARNING = 0.2
 
@@ -110,7 +113,8 @@ def _warm_up(job: str, p: float) -> float:
     started = time.perf_counter()
     small, _, _ = planted_codes(4000, 200, flip_prob=p, random_state=99)
     for assign in ("auto", "mih", "brute"):
-        BKMeans(200, max_iter=4, tol=0, init="random", assign=assign, random_state=0).fit(small)
+        for init in ("linked", "random"):
+            BKMeans(200, max_iter=4, tol=0, init=init, assign=assign, random_state=0).fit(small)
     if job in ("faiss-flat", "faiss-float"):
         import faiss
 
@@ -166,7 +170,7 @@ def _job_ours(spec: dict, X, truth) -> dict:
         if info.iteration == snapshot_at:
             snapshot["labels"] = np.array(info.labels)
 
-    model = BKMeans(spec["k"], max_iter=spec["max_iter"], tol=0, init="random", assign=spec["assign"],
+    model = BKMeans(spec["k"], max_iter=spec["max_iter"], tol=0, init=spec["init"], assign=spec["assign"],
                     random_state=INIT_SEED, callback=callback if snapshot_at else None)
     started = time.perf_counter()
     model.fit(X)
@@ -183,7 +187,21 @@ def _job_ours(spec: dict, X, truth) -> dict:
     )
     if "labels" in snapshot:
         out["purity_at_iteration"] = {str(snapshot_at): purity(snapshot["labels"], truth)}
+    if spec["assign"] != "brute":
+        out["_fitted"] = (model.cluster_centers_, model.labels_)  # for _exact_check, outside the measurement
     return out
+
+
+def _exact_check(X, centers, labels) -> dict:
+    """labels_ must be the nearest final center: compared with an exhaustive scan on a sample."""
+    import numpy as np
+
+    from core.hamming import nearest_brute
+
+    sample = np.sort(np.random.default_rng(SUBSET_SEED).choice(X.shape[0], min(EXACT_CHECK_POINTS, X.shape[0]),
+                                                               replace=False))
+    nearest, _ = nearest_brute(X[sample], centers)
+    return dict(points=int(sample.shape[0]), label_mismatches=int(np.count_nonzero(nearest != labels[sample])))
 
 
 def _job_faiss_flat(spec: dict, X, truth) -> dict:
@@ -199,7 +217,7 @@ def _job_faiss_flat(spec: dict, X, truth) -> dict:
     n, n_bits = X.shape[0], X.shape[1] * 64
     xb = to_uint8(X)  # one-off conversion, not timed: a FAISS user stores uint8[N, 32] anyway
     # The same initial centers as BKMeans(init="random", random_state=INIT_SEED) on this data.
-    centers = _init_random(X, k, np.random.default_rng(INIT_SEED))
+    centers = _init_random(X, k, np.random.default_rng(INIT_SEED))[0]
     offsets = np.empty(k + 1, dtype=np.int64)
     order = np.empty(n, dtype=np.int64)
     sizes = np.empty(k, dtype=np.int64)
@@ -336,6 +354,8 @@ def worker(spec: dict) -> None:
     result = JOBS[spec["job"]](spec, X, truth)
     compiled_after = _n_compiled()
     run_peak = _proc_status_mb("VmHWM") if peak_was_reset else None
+    if "_fitted" in result:
+        result["exact_check"] = _exact_check(X, *result.pop("_fitted"))
 
     result.update(
         spec=spec,
@@ -650,11 +670,15 @@ def report(p: float, jobs: dict, d: dict, args: argparse.Namespace) -> str:
         )
 
     ours_key = d.get("ours_method")
-    for m in ("auto", "mih"):
+    for m, label in (("auto", "ours (auto, linked init)"), ("mih", "ours (mih, linked init)"),
+                     ("auto-random", "ours (auto, random init)")):
         if m in jobs:
             early = f" (converged after {jobs[m].get('n_iter')} iterations)" if jobs[m].get("n_iter", iters) < iters else ""
-            row(f"ours ({m})", jobs[m], f"{n} x {k}", jobs[m].get("fit_seconds"), None,
-                "measured, full data, BKMeans.fit wall time" + early)
+            check = jobs[m].get("exact_check")
+            exact = (f"; exact check: {check['label_mismatches']} of {check['points']:,} labels differ from a scan"
+                     if check else "")
+            row(label, jobs[m], f"{n} x {k}", jobs[m].get("fit_seconds"), None,
+                "measured, full data, BKMeans.fit wall time" + early + exact)
     for name, label in (("brute", "brute (Numba scan)"), ("faiss-flat", "faiss IndexBinaryFlat loop")):
         if name in jobs:
             e = d.get(name, {})
@@ -734,10 +758,12 @@ def plot(results: dict, args: argparse.Namespace, path: Path) -> str | None:
     for ax, p in zip(axes[0], ps):
         jobs, d = results[p]["jobs"], results[p]["derived"]
         ours_key = d.get("ours_method")
-        if ours_key:
-            hist = jobs[ours_key]["history"]
-            ax.bar([h["iteration"] for h in hist], [h["seconds"] for h in hist], color="tab:blue",
-                   label=f"ours ({ours_key}), measured")
+        for key, shift, color, label in ((ours_key, -0.2, "tab:blue", f"ours ({ours_key}, linked init)"),
+                                         ("auto-random", 0.2, "lightsteelblue", "ours (auto, random init)")):
+            if key and jobs.get(key, {}).get("history"):
+                hist = jobs[key]["history"]
+                ax.bar([h["iteration"] + shift for h in hist], [h["seconds"] for h in hist], width=0.4,
+                       color=color, label=f"{label}: {jobs[key]['fit_seconds']:.0f} s in all, measured")
         lines = (
             ("brute", "scaled_iteration_seconds", "tab:red", "brute Numba scan (scaled)"),
             ("faiss-flat", "scaled_iteration_seconds", "tab:orange", "FAISS IndexBinaryFlat loop (scaled)"),
@@ -796,10 +822,14 @@ def main(argv: list[str] | None = None) -> int:
         plan: list[tuple[str, dict]] = []
         for m in args.methods:
             if m in ("auto", "mih"):
-                plan.append((m, dict(base, job="ours", assign=m, k=args.k, max_iter=args.iters)))
+                plan.append((m, dict(base, job="ours", assign=m, init="linked", k=args.k, max_iter=args.iters)))
+            elif m == "auto-random":
+                plan.append((m, dict(base, job="ours", assign="auto", init="random", k=args.k, max_iter=args.iters)))
             elif m == "brute":
-                plan.append((m, dict(base, job="ours", assign="brute", k=args.k, max_iter=args.baseline_iters,
-                                     subset=args.baseline_n)))
+                # Random seeds, the same as the faiss-flat loop's; an exhaustive scan costs the same
+                # whatever the seeds.
+                plan.append((m, dict(base, job="ours", assign="brute", init="random", k=args.k,
+                                     max_iter=args.baseline_iters, subset=args.baseline_n)))
             elif m == "faiss-flat":
                 plan.append((m, dict(base, job="faiss-flat", k=args.k, max_iter=args.baseline_iters,
                                      subset=args.baseline_n)))
@@ -807,9 +837,10 @@ def main(argv: list[str] | None = None) -> int:
                 # Float k-means gets its own planted data with float_k true centers, same p and seed.
                 fbase = dict(p=p, data_n=args.float_n, data_k=args.float_k, k=args.float_k)
                 plan.append((m, dict(fbase, job=m, max_iter=args.float_iters)))
-                plan.append(("float-auto", dict(fbase, job="ours", assign="auto", max_iter=args.iters,
+                plan.append(("float-auto", dict(fbase, job="ours", assign="auto", init="linked", max_iter=args.iters,
                                                 snapshot_at=args.float_iters)))
-                plan.append(("float-brute", dict(fbase, job="ours", assign="brute", max_iter=args.baseline_iters)))
+                plan.append(("float-brute", dict(fbase, job="ours", assign="brute", init="random",
+                                                 max_iter=args.baseline_iters)))
         seen = set()
         for name, spec in plan:
             if name in seen:
@@ -845,9 +876,11 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine,
         seeds=dict(data=DATA_SEED, init=INIT_SEED, subset=SUBSET_SEED),
         notes=[
-            "ours: BKMeans(k, max_iter=iters, tol=0, init='random', assign, random_state=1).fit on the full "
-            "planted_codes(n, k, flip_prob=p, random_state=0); fit_seconds is the wall time of fit() "
-            "(init, iterations and the final relabel pass). tol=0 stops early only at exact convergence.",
+            "ours: BKMeans(k, max_iter=iters, tol=0, init='linked', assign, random_state=1).fit on the full "
+            "planted_codes(n, k, flip_prob=p, random_state=0); auto-random: the same with init='random'. "
+            "fit_seconds is the wall time of fit() (init, iterations and the final relabel pass). tol=0 stops "
+            "early only at exact convergence (a round in which no label changed). exact_check: after the "
+            "clock stopped, the labels of a random sample compared with an exhaustive scan of the final centers.",
             "brute and faiss-flat: measured on a random subset of baseline_n points (same subset, same initial "
             "centers for both), same k; totals are SCALED: mean s/iteration x (n / baseline_n) x iterations. "
             "Speedups use the iteration count ours actually ran and exclude the baselines' final relabel pass.",
