@@ -24,7 +24,7 @@ their neighbours (one pass over the centers per candidate center, capped at ``LI
 point whose ``2u`` the list of its center covers is settled by the list alone; the others fall back
 to MIH or a scan. Where clusters are well apart, the lists are nearly empty.
 
-The default init, "linked", seeds one center in each of the k largest groups of near-duplicate codes
+The "linked" init seeds one center in each of the k largest groups of near-duplicate codes
 (substring-bucket links, nearest first), which gives every point a close first candidate; a
 uniform draw leaves about a third of the planted clusters without a seed at 10 codes per cluster,
 and their points then need exhaustive searches round after round.
@@ -339,11 +339,14 @@ class BKMeans:
         Maximum number of assignment + update rounds.
     tol : float
         Stop when the fraction of points that changed cluster in a round is at most ``tol``.
-    init : {"linked", "random", "k-means++"}
-        "linked" (the default) seeds one center in each of the k largest groups of near-duplicate
-        codes and falls back to random codes where there are fewer (see :func:`_init_linked`);
-        "random" picks k distinct data points; "k-means++" does D^2 seeding (k passes over the
-        data, so it is only practical for modest k).
+    init : {"random", "linked", "k-means++"}
+        "random" picks k distinct data points. "linked" seeds one center in each of the k largest
+        groups of near-duplicate codes, random codes where there are fewer groups (see
+        :func:`_init_linked`): for fine clusterings such as the paper's k = n/10, where clusters
+        are groups of near-duplicates, it is much faster and purer (the online clusterer uses it);
+        for a few coarse clusters the largest groups crowd into the densest region and "random"
+        does better. "k-means++" does D^2 seeding (k passes over the data, so it is only
+        practical for modest k).
     assign : {"auto", "mih", "brute"}
         How nearest centers are found; every mode gives identical labels (see the module docstring).
     random_state : None, int or numpy Generator
@@ -372,7 +375,7 @@ class BKMeans:
         n_clusters: int = 8,
         max_iter: int = 20,
         tol: float = 1e-4,
-        init: str = "linked",
+        init: str = "random",
         assign: str = "auto",
         random_state: Any = None,
         callback: Callable[[IterationInfo], None] | None = None,

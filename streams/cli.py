@@ -358,11 +358,12 @@ def synth(
 )
 @click.option(
     "--init",
-    type=click.Choice(["linked", "random", "k-means++"]),
-    default="linked",
+    type=click.Choice(["random", "linked", "k-means++"]),
+    default="random",
     show_default=True,
-    help="Initial centers: one in each of the k largest groups of near-duplicate codes, k random "
-    "codes, or k-means++ seeding (k passes; for modest k).",
+    help="Initial centers: k random codes; one in each of the k largest groups of near-duplicate "
+    "codes (fast and pure for fine clusterings, k near n/10); or k-means++ seeding (k passes; for "
+    "modest k).",
 )
 @click.option(
     "--assign",

@@ -182,6 +182,6 @@ def test_linked_init_fills_with_codes_where_few_groups_link(distinct):
     codes = np.repeat(random_codes(rng, distinct, 256), 1200 // distinct, axis=0)  # 3 groups, or none linked
     centers, labels, best = _init_linked(codes, 20, np.random.default_rng(1))
     assert centers.shape == (20, 4)
-    model = BKMeans(20, max_iter=5, random_state=1).fit(codes)
+    model = BKMeans(20, max_iter=5, init="linked", random_state=1).fit(codes)
     d = reference_distances(codes, model.cluster_centers_)
     assert np.array_equal(model.labels_, d.argmin(axis=1))
