@@ -161,85 +161,101 @@ def nearest_among(points, rows, subset_t, subset, labels, best, lower):
 # Neighbour lists between centers (Elkan's bound). If a point is u away from center a, every center
 # c with d(x, c) <= u lies within 2u of a (triangle inequality), and a center farther than R from a
 # is more than R - u from the point. So the nearest center of a point with a candidate is found
-# among the centers near its candidate, and where codes form clusters that list is short.
+# among the centers near its candidate, and where codes form clusters those are few.
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def neighbor_lists(centers, sources, targets_t, targets, radius, lists, counts, reach):
-    """Targets near each source center, as many as fit in a row of ``lists``.
+def nearest_near_candidates(
+    points, centers, sources, offsets, members, targets_t, targets, max_gather, spare, spare_bits, labels, best,
+    lower, left,
+):
+    """Exact nearest center of points that share a candidate, searched among the candidate's neighbours.
 
-    ``targets_t`` holds the target centers TRANSPOSED (``[n_words, n_targets]``) and ``targets``
-    their ids. For source ``s`` (center ``sources[s]``), OUT ``reach[s]``: the largest radius
-    ``<= radius[s]`` whose ball around the source holds at most ``lists.shape[1]`` targets other than
-    the source itself (-1 if radius 0 already holds more), and ``lists[s, :counts[s]]``: exactly
-    those targets. Every target not listed is farther than ``reach[s]`` from the source.
+    ``sources[s]`` is a candidate center ``a`` and ``members[offsets[s]:offsets[s + 1]]`` the points
+    whose candidate it is: IN ``labels[i] == a``, ``best[i]`` = their exact distance ``u``. The
+    targets (``targets_t``: their codes TRANSPOSED, ``targets``: their ids) are the centers that may
+    beat ``a``; ``lower[i]`` IN bounds every other center (FAR when the targets are all centers).
+
+    Every target as near to a member as ``a`` lies within ``2u`` of ``a``. One pass over the targets
+    per source gathers them nearest first, out to the largest radius ``R`` that holds at most
+    ``max_gather`` targets and does not pass twice the largest ``u`` by more than ``spare`` targets. A
+    member with ``2u <= R`` scans the gathered targets within ``2u`` and beyond, up to ``spare`` of
+    them or ``R``, so that its bound on the others is tight. OUT for those: ``labels``/``best`` =
+    the nearest (ties: lowest id), ``lower`` = min(IN, every scanned loser, the candidate if it lost,
+    ``r + 1 - u`` for the targets beyond the scanned radius ``r``), ``left`` False. Members with
+    ``2u > R`` are untouched, with ``left`` True: search them another way.
     """
     n_sources = sources.shape[0]
     n_targets = targets_t.shape[1]
-    cap = lists.shape[1]
-    n_chunks = min(n_sources, 64)
+    n_words = targets_t.shape[0]
+    n_bits = 64 * n_words
+    n_chunks = min(n_sources, 256)
     for chunk in prange(n_chunks):
         buf = np.empty(n_targets, dtype=np.int16)
-        histogram = np.empty(radius.max() + 1, dtype=np.int64)
+        near_ids = np.empty(max_gather, dtype=np.int64)
+        near_t = np.empty((n_words, max_gather), dtype=np.uint64)
+        histogram = np.empty(n_bits + 2, dtype=np.int64)
         for s in range(chunk * n_sources // n_chunks, (chunk + 1) * n_sources // n_chunks):
             a = sources[s]
+            wanted = 0
+            for p in range(offsets[s], offsets[s + 1]):
+                wanted = max(wanted, 2 * best[members[p]])
             distances_into(centers, a, targets_t, buf)
-            r = radius[s]
-            histogram[: r + 1] = 0
+            # Targets beyond ``limit`` are never gathered; skipping them keeps this pass cheap where
+            # most targets are far (a rarely taken branch).
+            limit = min(n_bits, wanted + spare_bits)
+            histogram[: limit + 2] = 0
             for t in range(n_targets):
                 d = buf[t]
-                if d <= r and targets[t] != a:
-                    histogram[d] += 1
-            within = 0
-            reach_s = -1
-            for d in range(r + 1):
-                within += histogram[d]
-                if within > cap:
+                if d <= limit and targets[t] != a:
+                    histogram[d + 1] += 1
+            # histogram[r + 1] becomes the number of targets within r, which is where r + 1 starts.
+            radius = -1
+            for r in range(limit + 1):
+                histogram[r + 1] += histogram[r]
+                within = histogram[r + 1]
+                if within > max_gather or (r > wanted and within > spare):
                     break
-                reach_s = d
-            count = 0
-            if reach_s >= 0:
+                radius = r
+            if radius >= 0:
                 for t in range(n_targets):
-                    if buf[t] <= reach_s and targets[t] != a:
-                        lists[s, count] = targets[t]
-                        count += 1
-            counts[s] = count
-            reach[s] = reach_s
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def nearest_in_lists(points, rows, centers, slot, lists, counts, reach, labels, best, lower, settled):
-    """Nearest center of ``points[rows]`` among its candidate and the candidate's neighbour list.
-
-    IN ``labels``/``best``: the candidate ``a`` and its exact distance ``u``; ``slot[a]`` is the row
-    of ``a`` in ``lists``/``counts``/``reach`` (-1: none). Where ``2u <= reach`` the answer is exact
-    (every center that could beat or tie ``a`` is listed): OUT ``labels``/``best`` = the nearest
-    (ties: lowest id), ``lower`` = min(``lower`` in, every listed loser, the old candidate if it lost,
-    ``reach + 1 - u`` for the unlisted), ``settled`` True. Elsewhere nothing changes and ``settled``
-    is False (search those points another way). ``lower`` in covers the centers that are not targets
-    of the lists (FAR when the lists cover every center).
-    """
-    n_rows = rows.shape[0]
-    for r in prange(n_rows):
-        i = rows[r]
-        a = labels[i]
-        u = best[i]
-        s = slot[a]
-        if s < 0 or 2 * u > reach[s]:
-            settled[i] = False
-            continue
-        best_d = u
-        best_c = a
-        second_d = min(lower[i], np.int32(reach[s] + 1 - u))
-        for t in range(counts[s]):
-            c = lists[s, t]
-            d = row_distance(points, i, centers, c)
-            best_d, best_c, second_d = offer_nearest(d, c, best_d, best_c, second_d)
-        labels[i] = best_c
-        best[i] = best_d
-        lower[i] = second_d
-        settled[i] = True
+                    d = buf[t]
+                    if d <= radius and targets[t] != a:
+                        q = histogram[d]
+                        histogram[d] += 1
+                        near_ids[q] = targets[t]
+                        for w in range(n_words):
+                            near_t[w, q] = targets_t[w, t]
+                # Now histogram[d] is the number of targets within d, for every d <= radius.
+            for p in range(offsets[s], offsets[s + 1]):
+                i = members[p]
+                u = best[i]
+                scanned = min(2 * u, n_bits)  # every target is within n_bits
+                if scanned > radius:
+                    left[i] = True
+                    continue
+                left[i] = False
+                while scanned < radius and histogram[scanned + 1] <= spare:
+                    scanned += 1
+                n_near = histogram[scanned]
+                word = points[i, 0]
+                row = near_t[0]
+                for t in range(n_near):
+                    buf[t] = np.int16(_ctpop64(word ^ row[t]))
+                for w in range(1, n_words):
+                    word = points[i, w]
+                    row = near_t[w]
+                    for t in range(n_near):
+                        buf[t] += np.int16(_ctpop64(word ^ row[t]))
+                best_d = u
+                best_c = a
+                second_d = min(lower[i], np.int32(scanned + 1 - u))
+                for t in range(n_near):
+                    best_d, best_c, second_d = offer_nearest(np.int32(buf[t]), near_ids[t], best_d, best_c, second_d)
+                labels[i] = best_c
+                best[i] = best_d
+                lower[i] = second_d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,10 +19,9 @@ estimated work. A point whose ``u`` is strictly below ``l - tau`` cannot prefer 
 so only the moved ones are checked for it.
 
 Where a point must be searched, its current center ``a`` at distance ``u`` narrows the search
-(Elkan's bound): any center as near as ``a`` lies within ``2u`` of ``a``. Centers keep short lists of
-their neighbours (one pass over the centers per candidate center, capped at ``LIST_CAP``), and a
-point whose ``2u`` the list of its center covers is settled by the list alone; the others fall back
-to MIH or a scan. Where clusters are well apart, the lists are nearly empty.
+(Elkan's bound): any center as near as ``a`` lies within ``2u`` of ``a``. So the points that share a
+center are searched together: one pass over the centers gathers those within twice the largest
+``u`` of ``a``, and each point scans only those. Where clusters are well apart, they are a handful.
 
 The "linked" init seeds one center in each of the k largest groups of near-duplicate codes
 (substring-bucket links, nearest first), which gives every point a close first candidate; a
@@ -217,12 +216,16 @@ INIT_METHODS: dict[str, Callable[[np.ndarray, int, np.random.Generator], Seeding
 ASSIGN_METHODS = ("auto", "mih", "brute")
 
 
-# Longest neighbour list kept per center (see ``_near_candidates``): a list search reads at most this
-# many centers, against k for a scan.
-LIST_CAP = 256
-# Neighbour lists cost one scan of the targets per candidate center, so they pay only where
-# several points share a candidate.
-MIN_ROWS_PER_LIST = 2.0
+# A candidate's neighbours are gathered with one pass over the centers, so the search pays only
+# where several points share a candidate; elsewhere MIH or a scan per point costs less.
+MIN_ROWS_PER_SOURCE = 2.0
+# Gathered neighbours per candidate at most, as a fraction of the centers: a point that would have
+# to scan more is scanned against all of them instead (by the vectorised scan).
+MAX_GATHER_FRACTION = 0.25
+# Neighbours (and bits of radius) a point scans beyond the ones it must, for a tighter bound on
+# the rest: the bound decides whether the point is searched again next round.
+SPARE_NEIGHBOURS = 256
+SPARE_BITS = 32
 
 
 def _near_candidates(
@@ -238,18 +241,17 @@ def _near_candidates(
 
     ``labels``/``best`` hold each row's candidate and its exact distance. ``targets`` (center ids,
     ascending) are the centers that may beat the candidate; None means all of them, and then
-    ``lower`` is recomputed from scratch, else it must already bound every other center. Settled rows
-    get their nearest center, distance and runner-up bound; returns the rows left unsettled (their
-    candidate's list could not reach twice their distance), untouched, for another search.
+    ``lower`` is recomputed from scratch, else it must already bound every other center. Returns
+    the rows it left alone, for another search: all of them where too few rows share a candidate,
+    else those whose candidate has too many centers within twice their distance.
     """
     if rows.shape[0] == 0:
         return rows
     k = centers.shape[0]
     candidates = labels[rows]
-    radius = np.zeros(k, dtype=np.int32)
-    np.maximum.at(radius, candidates, np.minimum(2 * best[rows], 64 * centers.shape[1]))
-    sources = np.flatnonzero(np.bincount(candidates, minlength=k)).astype(np.int64)
-    if rows.shape[0] < MIN_ROWS_PER_LIST * sources.shape[0]:
+    counts = np.bincount(candidates, minlength=k)
+    sources = np.flatnonzero(counts).astype(np.int64)
+    if rows.shape[0] < MIN_ROWS_PER_SOURCE * sources.shape[0]:
         return rows
     if targets is None:
         targets = np.arange(k, dtype=np.int64)
@@ -257,16 +259,13 @@ def _near_candidates(
         lower[rows] = FAR
     else:
         targets_t = np.ascontiguousarray(centers[targets].T)
-    cap = min(LIST_CAP, targets.shape[0])
-    lists = np.empty((sources.shape[0], cap), dtype=np.int32)
-    counts = np.empty(sources.shape[0], dtype=np.int32)
-    reach = np.empty(sources.shape[0], dtype=np.int32)
-    _kernels.neighbor_lists(centers, sources, targets_t, targets, radius[sources], lists, counts, reach)
-    slot = np.full(k, -1, dtype=np.int64)
-    slot[sources] = np.arange(sources.shape[0])
-    settled = np.empty(points.shape[0], dtype=np.bool_)
-    _kernels.nearest_in_lists(points, rows, centers, slot, lists, counts, reach, labels, best, lower, settled)
-    return rows[~settled[rows]]
+    offsets = np.concatenate(([0], np.cumsum(counts[sources]))).astype(np.int64)
+    members = rows[np.argsort(candidates, kind="stable")]
+    max_gather = max(1, int(MAX_GATHER_FRACTION * targets.shape[0]))
+    left = np.zeros(points.shape[0], dtype=np.bool_)
+    _kernels.nearest_near_candidates(points, centers, sources, offsets, members, targets_t, targets, max_gather,
+                                     SPARE_NEIGHBOURS, SPARE_BITS, labels, best, lower, left)
+    return rows[left[rows]]
 
 
 class _Assigner:
@@ -482,7 +481,7 @@ class BKMeans:
         safe_rows = np.flatnonzero(safe).astype(np.int64)
         if moved.shape[0] and safe_rows.shape[0]:
             unsettled = _near_candidates(assigner.points, safe_rows, centers, labels, best, lower, moved)
-            if unsettled.shape[0]:
+            if unsettled.shape[0]:  # too few points per center: each checks every moved center
                 moved_t = np.ascontiguousarray(centers[moved].T)
                 _kernels.nearest_among(assigner.points, unsettled, moved_t, moved, labels, best, lower)
         search_rows = np.flatnonzero(~safe).astype(np.int64)

@@ -124,13 +124,15 @@ def test_bad_codes():
         BKMeans(2).predict(np.zeros((3, 4), np.uint64))
 
 
-@pytest.mark.parametrize("cap", [1, 4, 64])
-def test_neighbour_list_search_is_exact_where_it_settles(cap, monkeypatch):
-    """Elkan's bound: the nearest center lies among the candidate's list; other rows stay as they were."""
+@pytest.mark.parametrize("gather", [0.05, 1.0])
+@pytest.mark.parametrize("subset", [False, True])
+def test_search_near_candidates_is_exact(subset, gather, monkeypatch):
+    """Elkan's bound: the nearest center lies within twice the candidate's distance of the candidate."""
     import core.bkmeans as bk
     from core._kernels import FAR
 
-    monkeypatch.setattr(bk, "LIST_CAP", cap)
+    monkeypatch.setattr(bk, "MAX_GATHER_FRACTION", gather)
+    monkeypatch.setattr(bk, "SPARE_NEIGHBOURS", 3)
     rng = np.random.default_rng(7)
     base = random_codes(rng, 12, 128)
     centers = flip_bits(rng, base[rng.integers(0, 12, 80)], 0.05)
@@ -140,19 +142,30 @@ def test_neighbour_list_search_is_exact_where_it_settles(cap, monkeypatch):
     labels = rng.integers(0, 80, 2000).astype(np.int64)  # candidates, some far from the point
     labels[:1000] = d[:1000].argsort(axis=1, kind="stable")[:, 1]  # near but not nearest
     best = d[np.arange(2000), labels].astype(np.int32)
-    lower = np.full(2000, FAR, dtype=np.int32)
-    before = labels.copy(), best.copy(), lower.copy()
+    before_labels, before_best = labels.copy(), best.copy()
     rows = np.arange(2000, dtype=np.int64)
-    unsettled = bk._near_candidates(codes, rows, centers, labels, best, lower)
-    settled = np.setdiff1d(rows, unsettled)
-    assert settled.shape[0] > 0
-    nearest = d.argmin(axis=1)  # lowest id among equals
-    assert np.array_equal(labels[settled], nearest[settled])
-    assert np.array_equal(best[settled], d[settled, nearest[settled]])
+    if subset:  # only the targets may beat the candidate; ``lower`` bounds the others
+        targets = np.sort(rng.choice(80, 30, replace=False)).astype(np.int64)
+        others = np.setdiff1d(np.arange(80), targets)
+        allowed = np.isin(np.arange(80), targets)[None, :] | (np.arange(80)[None, :] == labels[:, None])
+        reachable = np.where(allowed, d, FAR)
+        lower = np.where(np.isin(np.arange(80), others)[None, :] & ~allowed, d, FAR).min(axis=1).astype(np.int32)
+        left = bk._near_candidates(codes, rows, centers, labels, best, lower, targets)
+    else:
+        reachable = d
+        lower = np.full(2000, FAR, dtype=np.int32)
+        left = bk._near_candidates(codes, rows, centers, labels, best, lower)
+    if gather == 1.0:
+        assert left.shape[0] == 0
+    else:  # some candidates have too many centers near them: those rows are left as they were
+        assert 0 < left.shape[0] < 2000
+        assert np.array_equal(labels[left], before_labels[left]) and np.array_equal(best[left], before_best[left])
+    done = np.setdiff1d(rows, left)
+    nearest = reachable.argmin(axis=1)  # lowest id among equals
+    assert np.array_equal(labels[done], nearest[done])
+    assert np.array_equal(best[done], reachable[done, nearest[done]])
     runner_up = np.where(np.arange(80) == nearest[:, None], FAR, d).min(axis=1)
-    assert np.all(lower[settled] <= runner_up[settled])  # a true lower bound
-    assert np.array_equal(labels[unsettled], before[0][unsettled])
-    assert np.array_equal(best[unsettled], before[1][unsettled])
+    assert np.all(lower[done] <= runner_up[done])  # a true lower bound on every other center
 
 
 def test_linked_init_seeds_about_one_center_per_planted_cluster():
