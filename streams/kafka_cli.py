@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -295,83 +296,82 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     run = f"demo-{int(time.time())}"
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    started_broker = False
     base = Settings.load()
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        console.print("[bold]starting the local Kafka broker[/bold] (deploy/kafka/broker.sh)")
-        status = _broker("status", check=False, capture=True)
-        if status.returncode != 0:
-            status = _broker("start", capture=True)
-            started_broker = True
-        # broker.sh prints the address it listens on last (PHOTOCLUST_KAFKA_PORT may move it off 19092)
-        base = base.replace(bootstrap_servers=status.stdout.strip().splitlines()[-1])
-    web_port = _free_port()
-    settings = base.replace(
-        app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
-        dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state", window_size=window_size,
-        max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), web_port=web_port, seed=seed,
-    )
-    ensure_topics(settings)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           **{f"PHOTOCLUST_{k.upper()}": str(v) for k, v in dataclasses.asdict(settings).items()}}
-    log_path = work / f"{run}.worker.log"
-    worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
-                                   stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    collector = _AssignmentCollector(settings)
-    collector.start()
-    stats_url = f"http://127.0.0.1:{web_port}/stats"
-    try:
-        deadline = time.monotonic() + timeout
-        with console.status("waiting for the worker to be ready"):
-            while not (_get_json(stats_url) or {}).get("ready"):
-                if worker_proc.poll() is not None:
-                    raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
-                if time.monotonic() > deadline:
-                    raise CommandFailed(f"the worker did not become ready; see {log_path}")
-                time.sleep(0.5)
-        ids, codes, truth = _planted(photos, clusters, settings.n_bits, flip_prob, seed)
-        hashes = to_bytes(codes)
-        produced = [0]
-        t0 = time.perf_counter()
-
-        def progress_table() -> Table:
-            stats = _get_json(stats_url) or {}
-            table = Table("produced", "assigned", "clusters", "pending", "windows", "dlq", title=f"photoclust demo: {run}")
-            table.add_row(f"{produced[0]:,}/{photos:,}", f"{len(collector.final):,}", str(stats.get("clusters", "?")),
-                          str(stats.get("pending", "?")), str(stats.get("windows", "?")),
-                          str(stats.get("dlq_events", 0) + stats.get("dlq_rows", 0)))
-            return table
-
-        with Live(progress_table(), console=console, refresh_per_second=2) as live:
-            producer_thread = threading.Thread(target=lambda: produce_photos(
-                settings, ids, hashes, batch_size=batch_size,
-                on_progress=lambda n: produced.__setitem__(0, produced[0] + n)), daemon=True)
-            producer_thread.start()
-            while len(collector.final) < photos:
-                if worker_proc.poll() is not None:
-                    raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
-                if time.monotonic() > deadline:
-                    raise CommandFailed(f"only {len(collector.final)} of {photos} photos were assigned within {timeout}s")
-                live.update(progress_table())
-                time.sleep(0.5)
-            elapsed = time.perf_counter() - t0
-            final_lag = None
-            while time.monotonic() < deadline:
-                final_lag = sum(r.lag for r in consumer_lag(settings))
-                live.update(progress_table())
-                if final_lag == 0:
-                    break
-                time.sleep(0.5)
-        stats = _get_json(stats_url) or {}
-    finally:
-        collector.stop()
-        worker_proc.send_signal(signal.SIGTERM)
+    # Whatever fails from here on, a broker this command started is stopped again.
+    with contextlib.ExitStack() as cleanup:
+        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            console.print("[bold]starting the local Kafka broker[/bold] (deploy/kafka/broker.sh)")
+            status = _broker("status", check=False, capture=True)
+            if status.returncode != 0:
+                status = _broker("start", capture=True)
+                cleanup.callback(_broker, "stop", check=False)
+            # broker.sh prints the address it listens on last (PHOTOCLUST_KAFKA_PORT may move it off 19092)
+            base = base.replace(bootstrap_servers=status.stdout.strip().splitlines()[-1])
+        web_port = _free_port()
+        settings = base.replace(
+            app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
+            dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state", window_size=window_size,
+            max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), web_port=web_port, seed=seed,
+        )
+        ensure_topics(settings)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               **{f"PHOTOCLUST_{k.upper()}": str(v) for k, v in dataclasses.asdict(settings).items()}}
+        log_path = work / f"{run}.worker.log"
+        worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
+                                       stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        collector = _AssignmentCollector(settings)
+        collector.start()
+        stats_url = f"http://127.0.0.1:{web_port}/stats"
         try:
-            worker_proc.wait(60)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
-        if started_broker:
-            _broker("stop", check=False)
+            deadline = time.monotonic() + timeout
+            with console.status("waiting for the worker to be ready"):
+                while not (_get_json(stats_url) or {}).get("ready"):
+                    if worker_proc.poll() is not None:
+                        raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
+                    if time.monotonic() > deadline:
+                        raise CommandFailed(f"the worker did not become ready; see {log_path}")
+                    time.sleep(0.5)
+            ids, codes, truth = _planted(photos, clusters, settings.n_bits, flip_prob, seed)
+            hashes = to_bytes(codes)
+            produced = [0]
+            t0 = time.perf_counter()
+
+            def progress_table() -> Table:
+                stats = _get_json(stats_url) or {}
+                table = Table("produced", "assigned", "clusters", "pending", "windows", "dlq", title=f"photoclust demo: {run}")
+                table.add_row(f"{produced[0]:,}/{photos:,}", f"{len(collector.final):,}", str(stats.get("clusters", "?")),
+                              str(stats.get("pending", "?")), str(stats.get("windows", "?")),
+                              str(stats.get("dlq_events", 0) + stats.get("dlq_rows", 0)))
+                return table
+
+            with Live(progress_table(), console=console, refresh_per_second=2) as live:
+                producer_thread = threading.Thread(target=lambda: produce_photos(
+                    settings, ids, hashes, batch_size=batch_size,
+                    on_progress=lambda n: produced.__setitem__(0, produced[0] + n)), daemon=True)
+                producer_thread.start()
+                while len(collector.final) < photos:
+                    if worker_proc.poll() is not None:
+                        raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
+                    if time.monotonic() > deadline:
+                        raise CommandFailed(f"only {len(collector.final)} of {photos} photos were assigned within {timeout}s")
+                    live.update(progress_table())
+                    time.sleep(0.5)
+                elapsed = time.perf_counter() - t0
+                final_lag = None
+                while time.monotonic() < deadline:
+                    final_lag = sum(r.lag for r in consumer_lag(settings))
+                    live.update(progress_table())
+                    if final_lag == 0:
+                        break
+                    time.sleep(0.5)
+            stats = _get_json(stats_url) or {}
+        finally:
+            collector.stop()
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(60)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
     labels = np.array([collector.final[i]["cluster"] if collector.final[i]["cluster"] is not None else -1 for i in ids])
     outcomes = Counter(event["outcome"] for event in collector.final.values())
     summary = {
