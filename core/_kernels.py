@@ -264,40 +264,53 @@ def nearest_near_candidates(
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def bucket_links(codes, table_base, offsets, items, radius, window, chunks, starts, a, b, d):
-    """Pairs of codes within ``radius`` that share a bucket of an MIH table over ``codes``.
+@njit(inline="always", nogil=True, cache=True)
+def offer_link(partner, partner_d, x, y, d):
+    """Keep ``y`` among the nearest links of ``x`` (a short list sorted by distance, -1 = empty slot)."""
+    slots = partner.shape[1]
+    if partner[x, slots - 1] >= 0 and d >= partner_d[x, slots - 1]:
+        return
+    for t in range(slots):
+        if partner[x, t] == y:
+            return
+    t = slots - 1
+    while t > 0 and (partner[x, t - 1] < 0 or partner_d[x, t - 1] > d):
+        partner[x, t] = partner[x, t - 1]
+        partner_d[x, t] = partner_d[x, t - 1]
+        t -= 1
+    partner[x, t] = y
+    partner_d[x, t] = d
 
-    ``chunks[c]`` = (table, first key, stop key): a slice of one table's buckets. Each code is
-    compared with the next ``window`` codes of its bucket (every pair in buckets of up to
-    ``window + 1``). With an empty ``starts``, only counts: OUT ``a[c]`` = links found in chunk
-    ``c``. Otherwise OUT the links of chunk ``c`` at ``a/b/d[starts[c]:]``: both codes and their
-    distance.
+
+@njit(parallel=True, nogil=True, cache=True)
+def bucket_links(codes, table_base, offsets, items, radius, window, key_chunks, partner, partner_d):
+    """The nearest codes within ``radius`` that share a bucket of an MIH table over ``codes``.
+
+    Each code is compared with the next ``window`` codes of its bucket (every pair in buckets of up
+    to ``window + 1``), table after table; a table's buckets are cut into ``key_chunks[j]`` slices
+    worked on in parallel (a code sits in one bucket per table, so no two threads touch its list).
+    IN/OUT ``partner[i]`` / ``partner_d[i]``: the nearest codes found for ``i`` so far and their
+    distances, ascending (-1: no code). Keeping a few links per code, not every one, bounds the
+    memory where clusters are large.
     """
     n = codes.shape[0]
-    count_only = starts.shape[0] == 0
-    for c in prange(chunks.shape[0]):
-        j = chunks[c, 0]
+    for j in range(table_base.shape[0] - 1):
         base = table_base[j]
         first = j * n
-        found = 0
-        out = 0 if count_only else starts[c]
-        for key in range(chunks[c, 1], chunks[c, 2]):
-            start = offsets[base + key]
-            stop = offsets[base + key + 1]
-            for p in range(start, stop):
-                x = items[first + p]
-                for q in range(p + 1, min(stop, p + 1 + window)):
-                    y = items[first + q]
-                    dist = row_distance(codes, x, codes, y)
-                    if dist <= radius:
-                        if not count_only:
-                            a[out + found] = x
-                            b[out + found] = y
-                            d[out + found] = dist
-                        found += 1
-        if count_only:
-            a[c] = found
+        n_keys = table_base[j + 1] - base - 1
+        n_chunks = key_chunks[j]
+        for chunk in prange(n_chunks):
+            for key in range(chunk * n_keys // n_chunks, (chunk + 1) * n_keys // n_chunks):
+                start = offsets[base + key]
+                stop = offsets[base + key + 1]
+                for p in range(start, stop):
+                    x = items[first + p]
+                    for q in range(p + 1, min(stop, p + 1 + window)):
+                        y = items[first + q]
+                        d = row_distance(codes, x, codes, y)
+                        if d <= radius:
+                            offer_link(partner, partner_d, x, y, d)
+                            offer_link(partner, partner_d, y, x, d)
 
 
 @njit(inline="always", nogil=True, cache=True)

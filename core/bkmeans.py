@@ -34,7 +34,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +130,10 @@ LINK_BUCKET_SIZE = 16
 # In a larger bucket (codes that share a common substring) each code is compared with this many
 # of its bucket neighbours only, which bounds the cost on skewed data.
 LINK_WINDOW = 64
+# Links kept per code: its nearest few. A few random links per code already connect a cluster, and
+# keeping every link costs memory in proportion to the cluster sizes (33M links for 1M codes in
+# clusters of 100).
+LINKS_PER_CODE = 4
 # A group stops growing at this multiple of the mean cluster size n/k, so that chains of links
 # (single linkage) cannot swallow several clusters into one seed.
 LINK_GROUP_CAP = 4
@@ -141,7 +144,8 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
 
     Two codes are linked when they share a substring exactly (the buckets of multi-index tables
     over the codes, a bit-sampling LSH) and lie within ``LINK_RADIUS_FRACTION * n_bits`` of each
-    other. Groups grow along the links, nearest first, up to ``LINK_GROUP_CAP * n / k`` codes. The
+    other; each code keeps its ``LINKS_PER_CODE`` nearest links. Groups grow along the links,
+    nearest first, up to ``LINK_GROUP_CAP * n / k`` codes. The
     k largest groups (ties: random order) each give one random member as a seed, and every member
     of a seeded group starts with that seed as its candidate center. Where codes form clusters
     this puts about one seed in each of the k largest instead of the zero or several that a uniform
@@ -154,22 +158,18 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
     key_bits = min(max(round(np.log2(max(n, 2) / LINK_BUCKET_SIZE)), 8), 20)
     m = min(max(n_bits // key_bits, -(-n_bits // 20)), n_bits // 2)
     tables = MultiIndexHash(n_substrings=m).fit(codes)
-    chunks = np.array(
-        [(j, lo, hi) for j, bits in enumerate(tables._sub_len)
-         for lo, hi in itertools.pairwise(np.linspace(0, 1 << int(bits), 65).astype(np.int64))],
-        dtype=np.int64,
-    )
-    kernel_args = (codes, tables._table_base, tables._offsets, tables._items,
-                   int(LINK_RADIUS_FRACTION * n_bits), LINK_WINDOW, chunks)
-    counts = np.empty(chunks.shape[0], dtype=np.int64)
-    no_starts = np.empty(0, dtype=np.int64)
-    _kernels.bucket_links(*kernel_args, no_starts, counts, no_starts, no_starts.astype(np.int16))
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    a = np.empty(starts[-1], dtype=np.int64)
-    b = np.empty(starts[-1], dtype=np.int64)
-    d = np.empty(starts[-1], dtype=np.int16)
-    _kernels.bucket_links(*kernel_args, starts[:-1].copy(), a, b, d)
+    partner = np.full((n, LINKS_PER_CODE), -1, dtype=np.int32)
+    partner_d = np.zeros((n, LINKS_PER_CODE), dtype=np.int16)
+    _kernels.bucket_links(codes, tables._table_base, tables._offsets, tables._items,
+                          int(LINK_RADIUS_FRACTION * n_bits), LINK_WINDOW,
+                          np.full(m, 64, dtype=np.int64),  # parallel slices of each table's buckets
+                          partner, partner_d)
     del tables
+    found = partner >= 0
+    a = np.repeat(np.arange(n, dtype=np.int32), LINKS_PER_CODE)[found.ravel()]
+    b = partner[found]
+    d = partner_d[found]
+    del partner, partner_d, found
 
     parent = np.empty(n, dtype=np.int64)
     size = np.empty(n, dtype=np.int64)
