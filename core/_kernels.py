@@ -70,20 +70,21 @@ def labelled_distances(points, centers, labels, out):
 
 
 @njit(inline="always", nogil=True, cache=True)
-def distances_into(points, i, centers_t, buf):
-    """OUT ``buf[c]`` = distance(points[i], center c) for TRANSPOSED centers ``[n_words, k]``.
+def distances_into(points, i, centers_t, n, buf):
+    """OUT ``buf[c]`` = distance(points[i], center c) for the first ``n`` of TRANSPOSED centers
+    ``[n_words, k]``.
 
     Branch-free loops over contiguous words, which LLVM vectorises (AVX2 popcount by nibble
     lookup): about 1.5x the branchy one-center-at-a-time loop.
     """
     word = points[i, 0]
     column = centers_t[0]
-    for c in range(centers_t.shape[1]):
+    for c in range(n):
         buf[c] = np.int16(_ctpop64(word ^ column[c]))
     for w in range(1, centers_t.shape[0]):
         word = points[i, w]
         column = centers_t[w]
-        for c in range(centers_t.shape[1]):
+        for c in range(n):
             buf[c] += np.int16(_ctpop64(word ^ column[c]))
 
 
@@ -103,7 +104,7 @@ def nearest_scan(points, rows, centers_t, labels, best, second):
         buf = np.empty(k, dtype=np.int16)
         for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             i = rows[r]
-            distances_into(points, i, centers_t, buf)
+            distances_into(points, i, centers_t, k, buf)
             best_d = np.int16(32767)
             for c in range(k):
                 best_d = min(best_d, buf[c])
@@ -136,7 +137,7 @@ def nearest_among(points, rows, subset_t, subset, labels, best, lower):
         buf = np.empty(k, dtype=np.int16)
         for r in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             i = rows[r]
-            distances_into(points, i, subset_t, buf)
+            distances_into(points, i, subset_t, k, buf)
             cur_c = labels[i]
             cur_d = best[i]
             low = lower[i]
@@ -158,7 +159,7 @@ def nearest_among(points, rows, subset_t, subset, labels, best, lower):
 
 
 # ---------------------------------------------------------------------------------------------
-# Neighbour lists between centers (Elkan's bound). If a point is u away from center a, every center
+# Centers near a candidate center (Elkan's bound). If a point is u away from center a, every center
 # c with d(x, c) <= u lies within 2u of a (triangle inequality), and a center farther than R from a
 # is more than R - u from the point. So the nearest center of a point with a candidate is found
 # among the centers near its candidate, and where codes form clusters those are few.
@@ -201,7 +202,7 @@ def nearest_near_candidates(
             wanted = 0
             for p in range(offsets[s], offsets[s + 1]):
                 wanted = max(wanted, 2 * best[members[p]])
-            distances_into(centers, a, targets_t, buf)
+            distances_into(centers, a, targets_t, n_targets, buf)
             # Targets beyond ``limit`` are never gathered; skipping them keeps this pass cheap where
             # most targets are far (a rarely taken branch).
             limit = min(n_bits, wanted + spare_bits)
@@ -239,15 +240,7 @@ def nearest_near_candidates(
                 while scanned < radius and histogram[scanned + 1] <= spare:
                     scanned += 1
                 n_near = histogram[scanned]
-                word = points[i, 0]
-                row = near_t[0]
-                for t in range(n_near):
-                    buf[t] = np.int16(_ctpop64(word ^ row[t]))
-                for w in range(1, n_words):
-                    word = points[i, w]
-                    row = near_t[w]
-                    for t in range(n_near):
-                        buf[t] += np.int16(_ctpop64(word ^ row[t]))
+                distances_into(points, i, near_t, n_near, buf)
                 best_d = u
                 best_c = a
                 second_d = min(lower[i], np.int32(scanned + 1 - u))

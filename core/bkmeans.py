@@ -70,7 +70,7 @@ class IterationInfo:
 
 # What an init hands to the first assignment: the initial centers, and for each point a candidate
 # center with its exact distance (-1 / FAR where it has none). A point with a close candidate is
-# settled by a short neighbour-list search instead of a scan.
+# settled by a short search among the centers near it (``_near_candidates``) instead of a scan.
 Seeding = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -80,7 +80,7 @@ def _seeded_points(codes: np.ndarray, chosen: np.ndarray) -> Seeding:
     best = np.full(codes.shape[0], FAR, dtype=np.int32)
     labels[chosen] = np.arange(chosen.shape[0])
     best[chosen] = 0
-    return codes[chosen].copy(), labels, best
+    return codes[chosen], labels, best  # fancy indexing copies
 
 
 def _init_random(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding:
@@ -177,14 +177,14 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
     _kernels.capped_groups(a, b, np.argsort(d, kind="stable"), cap, parent, size)
     # Each group's seed is its member that comes first in a random order; groups by size, then
     # by that order.
+    order = rng.permutation(n)  # rank -> point
     rank = np.empty(n, dtype=np.int64)
-    rank[rng.permutation(n)] = np.arange(n)
+    rank[order] = np.arange(n)
     seed_rank = np.full(n, n, dtype=np.int64)
     np.minimum.at(seed_rank, parent, rank)
     roots = np.flatnonzero(parent == np.arange(n))
     by_size = np.lexsort((seed_rank[roots], -size[roots]))[:k]
     seeded_roots = roots[by_size]
-    order = np.argsort(rank)  # rank -> point
     chosen = order[seed_rank[seeded_roots]]
     if chosen.shape[0] < k:  # fewer groups than k: random other codes fill the rest
         others = np.setdiff1d(np.arange(n, dtype=np.int64), chosen)
@@ -545,7 +545,7 @@ def _choose_tau(drift: np.ndarray, best: np.ndarray, lower: np.ndarray, k: int) 
     n_moved = k - moved_upto
     gap = np.clip(lower.astype(np.int64) - best, -1, top) + 1
     failed = np.cumsum(np.bincount(gap, minlength=top + 2))[1 : top + 1]  # points with gap <= t
-    # Neighbour lists (``_near_candidates``) cost one pass over the targets per candidate center,
-    # and there are at most k candidates.
+    # The search near candidates (``_near_candidates``) costs one pass over the targets per
+    # candidate center, and there are at most k candidates.
     cost = np.minimum(n - failed, k).astype(np.float64) * n_moved + np.minimum(failed, k).astype(np.float64) * k
     return int(np.argmin(cost))
