@@ -306,6 +306,21 @@ def bucket_links(codes, table_base, offsets, items, radius, window, key_chunks, 
                             offer_link(partner, partner_d, y, x, d)
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def permute_bits(codes, source_bit, out):
+    """OUT ``out[i]``: code ``i`` with bit ``j`` taken from bit ``source_bit[j]`` (bits numbered as
+    ``core.codes.unpack_bits`` does: most significant first). Distances are the same as between
+    the original codes; only which bits share a substring changes."""
+    for i in prange(codes.shape[0]):
+        for w in range(out.shape[1]):
+            word = np.uint64(0)
+            for b in range(64):
+                src = source_bit[w * 64 + b]
+                bit = (codes[i, src >> 6] >> np.uint64(63 - (src & 63))) & np.uint64(1)
+                word |= bit << np.uint64(63 - b)
+            out[i, w] = word
+
+
 @njit(inline="always", nogil=True, cache=True)
 def find_root(parent, i):
     """Root of ``i``'s group, halving the path on the way."""

@@ -176,15 +176,36 @@ def test_linked_init_seeds_about_one_center_per_planted_cluster():
     codes, truth = planted(6000, 150, 0.05, seed=8)
     centers, labels, best = _init_linked(codes, 150, np.random.default_rng(0))
     d = hamming_distances(codes, centers)
-    nearest = d.argmin(axis=1)
-    # The planted cluster each center serves; a uniform draw of 150 codes covers about 63 % of them.
-    served = [np.bincount(truth[nearest == c]).argmax() for c in range(150) if np.any(nearest == c)]
-    assert np.unique(served).shape[0] >= 0.95 * 150
+    # A uniform draw of 150 codes serves about 63 % of the planted clusters.
+    assert _served_clusters(codes, truth, centers) >= 0.95 * 150
     has = labels >= 0
     assert has.mean() > 0.9
     assert np.array_equal(best[has], d[np.flatnonzero(has), labels[has]])
     again = _init_linked(codes, 150, np.random.default_rng(0))
     assert all(np.array_equal(x, y) for x, y in zip((centers, labels, best), again))
+
+
+def _served_clusters(codes, truth, centers):
+    """How many planted clusters some center serves (holds most of its nearest codes from)."""
+    from core.hamming import hamming_distances
+
+    nearest = hamming_distances(codes, centers).argmin(axis=1)
+    return np.unique([np.bincount(truth[nearest == c]).argmax() for c in np.unique(nearest)]).shape[0]
+
+
+def test_linked_init_adds_rounds_of_tables_where_codes_are_far_apart(monkeypatch):
+    import core.bkmeans as bk
+
+    # p = 0.2: members of a cluster are 82 bits apart, so few share one of the first round's
+    # substrings; further rounds over permuted bits link the rest, within the budget.
+    codes, truth = planted(60000, 6000, 0.2, seed=8)
+    served = {}
+    for budget in (0.0, 1.0):
+        monkeypatch.setattr(bk, "LINK_BUDGET", budget)
+        centers, labels, _ = bk._init_linked(codes, 6000, np.random.default_rng(0))
+        served[budget] = _served_clusters(codes, truth, centers)
+    assert served[1.0] >= 0.97 * 6000
+    assert served[1.0] > served[0.0]
 
 
 @pytest.mark.parametrize("distinct", [3, 400])

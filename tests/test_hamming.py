@@ -28,3 +28,17 @@ def test_nearest_ties_go_to_lowest_index():
 def test_width_mismatch_is_an_error():
     with pytest.raises(ValueError, match="256-bit codes but centers are 64-bit"):
         nearest_brute(np.zeros((1, 4), np.uint64), np.zeros((1, 1), np.uint64))
+
+
+@pytest.mark.parametrize("n_bits", [64, 256, 512])
+def test_permute_bits_moves_each_bit_and_keeps_distances(n_bits):
+    from core import _kernels
+    from core.codes import unpack_bits
+
+    rng = np.random.default_rng(n_bits)
+    codes = random_codes(rng, 50, n_bits)
+    source = rng.permutation(n_bits)
+    out = np.empty_like(codes)
+    _kernels.permute_bits(codes, source, out)
+    assert np.array_equal(unpack_bits(out), unpack_bits(codes)[:, source])
+    assert np.array_equal(reference_distances(out, out), reference_distances(codes, codes))
