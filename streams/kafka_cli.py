@@ -28,9 +28,14 @@ BROKER_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "brok
 # -- settings options: one click option per Settings field, generated once ----------------------------
 
 
-def _settings_options(func: Any) -> Any:
-    """Add ``--<field>`` for every Settings field; unset flags fall back to env, then defaults."""
+def _settings_options(func: Any = None, *, exclude: tuple[str, ...] = ()) -> Any:
+    """Add ``--<field>`` for every Settings field but ``exclude``; unset flags fall back to env, then
+    defaults. A command whose own option has a field's name excludes that field."""
+    if func is None:
+        return lambda f: _settings_options(f, exclude=exclude)
     for f in reversed(dataclasses.fields(Settings)):
+        if f.name in exclude:
+            continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
         choice = None
         if f.name == "processing_guarantee":
@@ -116,11 +121,11 @@ def worker(**params: Any) -> None:
 @click.option("--flip-prob", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--truth-out", type=click.Path(dir_okay=False), default=None,
               help="Where to save the planted truth (.npy; default <prefix>.truth.npy next to nothing: required for --synthetic scoring).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the planted photos.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Photos per batch event; 0 sends one event per photo.")
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, help="Photos per second (0: unlimited).")
-@_settings_options
+@_settings_options(exclude=("seed",))  # a producer does not cluster: --seed is the planted photos'
 def produce(input_path: str | None, synthetic: int | None, clusters: int | None, flip_prob: float,
             truth_out: str | None, seed: int, batch_size: int, rate: float, **params: Any) -> None:
     """Publish photo hashes from INPUT (id,hex lines or .npy) or --synthetic N to the input topic."""

@@ -61,6 +61,40 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
     }))
 
 
+class RecordPublisher:
+    """Sends lists of (key, value) records and waits until the broker has every one (acks=all).
+
+    Delivery reports come for failures only, through one producer-wide callback: a Python callback
+    per record cost more than the produce call itself (100k records on the local broker: 0.83 s
+    against 0.47 s). ``flush`` still waits for every record, so a publish that returns delivered
+    them all; one that raises names the failures. Not for concurrent use from several threads.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._errors: list[str] = []
+        self.producer = make_producer(settings, acks="all", on_delivery=self._failed,
+                                      **{"delivery.report.only.error": True})
+
+    def publish(self, topic: str, records: Sequence[tuple[bytes, bytes | None]], timeout: float = 120.0) -> None:
+        self._errors.clear()
+        producer = self.producer
+        produce = producer.produce
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka drain it
+                    producer.poll(0.05)
+        remaining = producer.flush(timeout)
+        if remaining or self._errors:
+            raise RuntimeError(f"{remaining} records undelivered, {len(self._errors)} failed: {self._errors[:3]}")
+
+    def _failed(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+
 def produce_photos(
     settings: Settings,
     ids: Sequence[str],

@@ -71,7 +71,7 @@ class ClusteringWorker:
         self._queue: asyncio.Queue[Window] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-core")
         self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-publish")
-        self._producer: Any = None  # confluent-kafka producer for at-least-once output
+        self._producer: Any = None  # RecordPublisher (confluent-kafka) for at-least-once output
         self._ready = asyncio.Event()
         self._state_applied = -1
         self._last_event = time.monotonic()
@@ -428,27 +428,11 @@ class ClusteringWorker:
         await asyncio.get_running_loop().run_in_executor(self._publisher, self._produce_blocking, topic, records)
 
     def _produce_blocking(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-        producer = self._producer
-        if producer is None:
-            from .kafka_io import make_producer
+        if self._producer is None:
+            from .kafka_io import RecordPublisher
 
-            producer = self._producer = make_producer(self.settings, **{"acks": "all"})
-        errors: list[str] = []
-
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let librdkafka drain it
-                    producer.poll(0.05)
-        remaining = producer.flush(120)
-        if remaining or errors:
-            raise RuntimeError(f"{remaining} records undelivered, {len(errors)} failed: {errors[:3]}")
+            self._producer = RecordPublisher(self.settings)
+        self._producer.publish(topic, records)
 
     def _log_window(self, result: WindowResult, n_photos: int, seconds: float, publish_seconds: float) -> None:
         self.counters["windows"] += 1

@@ -400,3 +400,23 @@ def test_corrupted_files_fail_with_the_general_parsers_error(tmp_path_factory, c
     else:
         got = read_codes(path)
         assert got.ids == expected[0] and np.array_equal(got.codes, expected[1])
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,), command
+
+
+def test_no_command_has_an_option_twice():
+    # Two options with one name make click keep only one value (and warn on --help): produce's
+    # --seed (the planted photos') once shadowed the clustering seed of the settings options.
+    for path, command in _commands(main):
+        flags = [flag for param in command.params for flag in getattr(param, "opts", [])]
+        names = [param.name for param in command.params]
+        assert len(flags) == len(set(flags)), (path, sorted(f for f in flags if flags.count(f) > 1))
+        assert len(names) == len(set(names)), (path, sorted(n for n in names if names.count(n) > 1))
