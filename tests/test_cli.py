@@ -405,7 +405,9 @@ def test_corrupted_files_fail_with_the_general_parsers_error(tmp_path_factory, c
 def _commands(group, prefix=()):
     import click
 
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the lazy ones too
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from _commands(command, prefix + (name,))
         else:
@@ -415,7 +417,9 @@ def _commands(group, prefix=()):
 def test_no_command_has_an_option_twice():
     # Two options with one name make click keep only one value (and warn on --help): produce's
     # --seed (the planted photos') once shadowed the clustering seed of the settings options.
-    for path, command in _commands(main):
+    commands = dict(_commands(main))
+    assert {("produce",), ("worker",), ("cluster",)} <= set(commands)
+    for path, command in commands.items():
         flags = [flag for param in command.params for flag in getattr(param, "opts", [])]
         names = [param.name for param in command.params]
         assert len(flags) == len(set(flags)), (path, sorted(f for f in flags if flags.count(f) > 1))
