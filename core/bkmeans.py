@@ -148,6 +148,8 @@ LINKS_PER_CODE = 4
 LINKS_WANTED = 2
 LINK_COVERAGE = 0.65
 LINK_BUDGET = 0.05
+# A group stops growing at this multiple of the mean cluster size n/k, so that chains of links
+# (single linkage) cannot swallow several clusters into one seed.
 LINK_GROUP_CAP = 4
 
 
@@ -171,9 +173,11 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
     """One seed in each of the k largest groups of linked codes; random points for the rest.
 
     Two codes are linked when they share a substring exactly (the buckets of multi-index tables
-    over the codes, a bit-sampling LSH) and lie within ``LINK_RADIUS_FRACTION * n_bits`` of each
-    other; each code keeps its ``LINKS_PER_CODE`` nearest links. Groups grow along the links,
-    nearest first, up to ``LINK_GROUP_CAP * n / k`` codes. The
+    over the codes, a bit-sampling LSH) and lie within the link radius of each other (see
+    :func:`_link_radius`); each code keeps its ``LINKS_PER_CODE`` nearest links. Where the first
+    round of tables leaves too few codes linked, rounds over randomly permuted bits follow, within
+    ``LINK_BUDGET``. Groups grow along the links, nearest first, up to ``LINK_GROUP_CAP * n / k``
+    codes. The
     k largest groups (ties: random order) each give one random member as a seed, and every member
     of a seeded group starts with that seed as its candidate center. Where codes form clusters
     this puts about one seed in each of the k largest instead of the zero or several that a uniform
@@ -191,7 +195,10 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
     round_cost = m * n * LINK_BUCKET_SIZE
     rounds = max(1, int(LINK_BUDGET * n * k // round_cost))
     view = codes  # the first round's substrings are the codes' own consecutive bits
-    for _ in range(rounds):
+    for round_ in range(rounds):
+        if round_:  # later rounds: substrings of randomly permuted bits
+            view = np.empty_like(codes)
+            _kernels.permute_bits(codes, rng.permutation(n_bits), view)
         tables = MultiIndexHash(n_substrings=m).fit(view)
         _kernels.bucket_links(view, tables._table_base, tables._offsets, tables._items, radius,
                               LINK_WINDOW, np.full(m, 64, dtype=np.int64),  # parallel slices of each table's buckets
@@ -199,8 +206,6 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
         del tables
         if np.mean(partner[:, LINKS_WANTED - 1] >= 0) >= LINK_COVERAGE:
             break
-        view = np.empty_like(codes)
-        _kernels.permute_bits(codes, rng.permutation(n_bits), view)
     del view
     found = partner >= 0
     a = np.repeat(np.arange(n, dtype=np.int32), LINKS_PER_CODE)[found.ravel()]
