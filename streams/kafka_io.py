@@ -61,6 +61,16 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
     }))
 
 
+def produce_waiting(producer: Producer, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
+    """Produce one record; while librdkafka's local queue is full, let it drain and try again."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class RecordPublisher:
     """Sends lists of (key, value) records and waits until the broker has every one (acks=all).
 
@@ -77,16 +87,9 @@ class RecordPublisher:
 
     def publish(self, topic: str, records: Sequence[tuple[bytes, bytes | None]], timeout: float = 120.0) -> None:
         self._errors.clear()
-        producer = self.producer
-        produce = producer.produce
         for key, value in records:
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:  # the local queue is full: let librdkafka drain it
-                    producer.poll(0.05)
-        remaining = producer.flush(timeout)
+            produce_waiting(self.producer, topic, value, key)
+        remaining = self.producer.flush(timeout)
         if remaining or self._errors:
             raise RuntimeError(f"{remaining} records undelivered, {len(self._errors)} failed: {self._errors[:3]}")
 
@@ -119,12 +122,7 @@ def produce_photos(
             n = len(chunk)
         else:
             key, value, n = ids[start].encode(), encode_photo(ids[start], hashes[start]), 1
-        while True:
-            try:
-                producer.produce(settings.input_topic, value=value, key=key, on_delivery=tracker)
-                break
-            except BufferError:  # local queue full: let librdkafka drain it
-                producer.poll(0.05)
+        produce_waiting(producer, settings.input_topic, value, key, on_delivery=tracker)
         producer.poll(0)
         if on_progress is not None:
             on_progress(n)

@@ -27,6 +27,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # streams/, from a source checkout
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 AGENTS = ("take", "plain")
 
@@ -67,22 +68,16 @@ def run_agent(topic: str, n_events: int, agent: str) -> None:
 
 
 def produce_backlog(topic: str, n_events: int) -> None:
-    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.config import Settings
+    from streams.kafka_io import RecordPublisher
 
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20, "compression.type": "lz4"})
     value = os.urandom(90)
-    for i in range(n_events):
-        while True:
-            try:
-                producer.produce(topic, value, f"photo-{i:09d}".encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(60):
-        raise RuntimeError("backlog not delivered")
+    RecordPublisher(Settings(bootstrap_servers=BOOTSTRAP)).publish(
+        topic, [(f"photo-{i:09d}".encode(), value) for i in range(n_events)])
 
 
 def main() -> None:

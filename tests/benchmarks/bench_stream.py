@@ -56,7 +56,7 @@ from core.online import OnlineClusterer  # noqa: E402
 from core.synth import planted_codes  # noqa: E402
 from streams.codecs import PhotoDecoder, decode_assignment, encode_assignments, encode_batch, encode_photo  # noqa: E402
 from streams.config import Settings  # noqa: E402
-from streams.kafka_io import RecordPublisher, ensure_topics, make_producer  # noqa: E402
+from streams.kafka_io import RecordPublisher, ensure_topics, make_producer, produce_waiting  # noqa: E402
 
 TARGETS = {
     "single_100k": ("n=100,000 windows, single-photo events: >= 20,000 photos/s", 20_000.0),
@@ -110,7 +110,7 @@ class Producing:
     def run(self) -> None:
         producer = make_producer(self.settings)
         topic, n, step = self.settings.input_topic, len(self.ids), max(self.batch_size, 1)
-        produce, poll = producer.produce, producer.poll
+        poll = producer.poll
         self.t_first = time.time()
         started = time.perf_counter()
         for s in range(0, n, step):
@@ -121,12 +121,7 @@ class Producing:
                 key, value, k = self.ids[s].encode(), encode_batch(rows), len(rows)
             else:
                 key, value, k = self.ids[s].encode(), encode_photo(self.ids[s], self.hashes[s], ts=ts), 1
-            while True:
-                try:
-                    produce(topic, value=value, key=key, on_delivery=self._report)
-                    break
-                except BufferError:
-                    poll(0.05)
+            produce_waiting(producer, topic, value, key, on_delivery=self._report)
             poll(0)
             if self.rate > 0:
                 ahead = (s + k) / self.rate - (time.perf_counter() - started)

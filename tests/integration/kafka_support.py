@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.codecs import decode_assignment, decode_dlq, encode_batch, encode_photo
 from streams.config import Settings
+from streams.kafka_io import make_producer, produce_waiting
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_SH = REPO / "deploy" / "kafka" / "broker.sh"
@@ -200,12 +201,6 @@ def noisy_copies(true_centers: np.ndarray, truth: np.ndarray, flip_prob: float, 
     return true_centers[truth] ^ bernoulli_words(n * w, flip_prob, rng).reshape(n, w)
 
 
-def make_producer(settings: Settings, **extra: Any) -> Producer:
-    return Producer(settings.confluent_config(**{
-        "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4", "enable.idempotence": True,
-        "message.max.bytes": 8 * 1024 * 1024, **extra}))
-
-
 def produce_events(settings: Settings, events: Iterable[tuple[bytes | None, bytes | None]],
                    producer: Producer | None = None) -> list[tuple[int, int]]:
     """Produce (key, value) events to the input topic in order and wait for every delivery.
@@ -226,12 +221,7 @@ def produce_events(settings: Settings, events: Iterable[tuple[bytes | None, byte
 
     n = 0
     for key, value in events:
-        while True:
-            try:
-                producer.produce(settings.input_topic, value=value, key=key, on_delivery=on_delivery(n))
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, settings.input_topic, value, key, on_delivery=on_delivery(n))
         producer.poll(0)
         n += 1
     remaining = producer.flush(60)
