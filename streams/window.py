@@ -70,8 +70,8 @@ class ClusteringWorker:
         self.window = Window()
         self._queue: asyncio.Queue[Window] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-core")
-        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-publish")
-        self._producer: Any = None  # RecordPublisher (confluent-kafka) for at-least-once output
+        self._publish_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-publish")
+        self._publisher: Any = None  # RecordPublisher (confluent-kafka) for at-least-once output
         self._ready = asyncio.Event()
         self._state_applied = -1
         self._last_event = time.monotonic()
@@ -425,14 +425,14 @@ class ClusteringWorker:
             for future in pending:
                 await future  # raises the delivery error, if any
             return
-        await asyncio.get_running_loop().run_in_executor(self._publisher, self._produce_blocking, topic, records)
+        await asyncio.get_running_loop().run_in_executor(self._publish_thread, self._produce_blocking, topic, records)
 
     def _produce_blocking(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-        if self._producer is None:
+        if self._publisher is None:
             from .kafka_io import RecordPublisher
 
-            self._producer = RecordPublisher(self.settings)
-        self._producer.publish(topic, records)
+            self._publisher = RecordPublisher(self.settings)
+        self._publisher.publish(topic, records)
 
     def _log_window(self, result: WindowResult, n_photos: int, seconds: float, publish_seconds: float) -> None:
         self.counters["windows"] += 1
