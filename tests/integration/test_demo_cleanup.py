@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 import pytest
 from click.testing import CliRunner
-from kafka_support import BROKER_SH, REPO
+from kafka_support import BROKER_SH, REPO, free_port
 
 import streams.kafka_io
 from streams.cli import main
 
 pytestmark = pytest.mark.kafka
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _broker_status(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -28,7 +21,7 @@ def _broker_status(env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_demo_stops_its_broker_when_topic_creation_fails(monkeypatch, tmp_path) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.setenv("PHOTOCLUST_KAFKA_PORT", port)
     env = {**os.environ, "PHOTOCLUST_KAFKA_PORT": port}
