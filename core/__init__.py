@@ -3,7 +3,7 @@
 Knows nothing of Kafka, Faust or asyncio, so that any batch or stream front end can use it.
 """
 
-from .bkmeans import BKMeans, IterationInfo
+from .bkmeans import BKMeans, IterationInfo, kmeans_plusplus
 from .codes import DEFAULT_BITS, SUPPORTED_BITS
 from .hamming import hamming_distances, nearest_brute
 from .itq import ITQ
@@ -23,6 +23,7 @@ __all__ = [
     "SUPPORTED_BITS",
     "WindowResult",
     "hamming_distances",
+    "kmeans_plusplus",
     "nearest_brute",
     "normalized_mutual_info",
     "planted_codes",

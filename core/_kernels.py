@@ -360,6 +360,24 @@ def lower_min_distance(points, centers, c, dist):
             dist[i] = d
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def seeding_potentials(points, dist, trials, potentials):
+    """OUT ``potentials[t]`` = sum over i of min(dist[i], distance(points[i], points[trials[t]]))^2.
+
+    The k-means++ potential after adding each candidate, without materialising its distances;
+    integer sums, so the result does not depend on how the threads split the work.
+    """
+    for t in range(trials.shape[0]):
+        c = trials[t]
+        total = 0
+        for i in prange(points.shape[0]):
+            d = row_distance(points, i, points, c)
+            if dist[i] < d:
+                d = dist[i]
+            total += np.int64(d) * np.int64(d)
+        potentials[t] = total
+
+
 @njit(nogil=True, cache=True)
 def members_by_label(labels, n_clusters, offsets, order):
     """Counting sort of point indices by label: OUT CSR ``offsets[k+1]`` and ``order[N]``."""

@@ -88,19 +88,29 @@ def _init_random(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
     return _seeded_points(codes, np.sort(rng.choice(codes.shape[0], size=k, replace=False)))
 
 
-def _init_kmeans_pp(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding:
+def kmeans_plusplus(codes: np.ndarray, n_clusters: int, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy D^2 seeding (Arthur & Vassilvitskii; scikit-learn's variant) with Hamming distance.
 
-    Each step draws ``2 + log(k)`` candidates with probability proportional to the squared distance
-    to the nearest chosen center and keeps the one that lowers the potential most; plain D^2
-    seeding lands two seeds in one planted cluster too often. Costs about ``k log k`` passes over
-    the data, so it is only practical for modest k.
+    Returns ``(centers, indices)`` as scikit-learn's ``kmeans_plusplus`` does: the chosen codes and
+    their row numbers in ``codes`` (in the order chosen). Each step draws ``2 + log(k)`` candidates
+    with probability proportional to the squared distance to the nearest chosen center and keeps
+    the one that lowers the potential most; plain D^2 seeding lands two seeds in one planted
+    cluster too often. Costs about ``k log k`` passes over the data, so it is only practical for
+    modest k. Use it to start several methods from the same centers (``BKMeans(init=centers)``).
     """
+    codes = check_codes(codes)
     n = codes.shape[0]
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
+        raise TypeError(f"n_clusters must be an integer, got {type(n_clusters).__name__}")
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_clusters={n_clusters} must be in [1, n_samples={n}]")
+    rng = check_random_state(random_state)
+    k = int(n_clusters)
     n_trials = 2 + int(np.log(k))
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n)
     dist = np.full(n, FAR, dtype=np.int32)
+    potentials = np.empty(n_trials, dtype=np.int64)
     _kernels.lower_min_distance(codes, codes, chosen[0], dist)
     for c in range(1, k):
         weights = np.cumsum(dist.astype(np.float64) ** 2)
@@ -109,15 +119,21 @@ def _init_kmeans_pp(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seed
             chosen[c] = remaining[rng.integers(remaining.shape[0])]
             continue
         trials = np.minimum(np.searchsorted(weights, rng.random(n_trials) * weights[-1], side="right"), n - 1)
-        best_potential, best_dist = np.inf, dist
-        for trial in trials:
-            trial_dist = dist.copy()
-            _kernels.lower_min_distance(codes, codes, trial, trial_dist)
-            potential = float(np.dot(trial_dist.astype(np.float64), trial_dist))
-            if potential < best_potential:
-                best_potential, best_dist, chosen[c] = potential, trial_dist, trial
-        dist = best_dist
-    return _seeded_points(codes, np.sort(chosen))
+        _kernels.seeding_potentials(codes, dist, trials, potentials)
+        chosen[c] = trials[np.argmin(potentials)]  # the first of equal potentials, as scikit-learn
+        _kernels.lower_min_distance(codes, codes, chosen[c], dist)
+    return codes[chosen], chosen
+
+
+def _init_kmeans_pp(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding:
+    """:func:`kmeans_plusplus` seeds."""
+    return _seeded_points(codes, np.sort(kmeans_plusplus(codes, k, rng)[1]))
+
+
+def _init_given(codes: np.ndarray, centers: np.ndarray) -> Seeding:
+    """Centers given by the caller: no point has a candidate yet, so the first round scans."""
+    n = codes.shape[0]
+    return np.array(centers, dtype=np.uint64, order="C"), np.full(n, -1, dtype=np.int64), np.full(n, FAR, dtype=np.int32)
 
 
 # Linked init. Codes are linked when they are nearer than unrelated codes of the same data ever
@@ -380,14 +396,15 @@ class BKMeans:
         Maximum number of assignment + update rounds.
     tol : float
         Stop when the fraction of points that changed cluster in a round is at most ``tol``.
-    init : {"random", "linked", "k-means++"}
+    init : {"random", "linked", "k-means++"} or uint64[k, n_bits/64]
         "random" picks k distinct data points. "linked" seeds one center in each of the k largest
         groups of near-duplicate codes, random codes where there are fewer groups (see
         :func:`_init_linked`): for fine clusterings such as the paper's k = n/10, where clusters
         are groups of near-duplicates, it is much faster and purer (the online clusterer uses it);
         for a few coarse clusters it scores like "random" and costs a round of substring tables.
-        "k-means++" does D^2 seeding (k passes over the data, so it is only
-        practical for modest k).
+        "k-means++" does D^2 seeding (:func:`kmeans_plusplus`; k passes over the data, so it is
+        only practical for modest k). An array gives the initial centers themselves (copied), for
+        example to start other methods from the same centers.
     assign : {"auto", "mih", "brute"}
         How nearest centers are found; every mode gives identical labels (see the module docstring).
     random_state : None, int or numpy Generator
@@ -444,8 +461,14 @@ class BKMeans:
             raise ValueError(f"n_clusters={self.n_clusters} must be <= n_samples={n}")
         if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.floating)) or not 0 <= self.tol <= 1:
             raise ValueError(f"tol={self.tol!r} must be a number in [0, 1]")
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init={self.init!r} is not one of {sorted(INIT_METHODS)}")
+        if isinstance(self.init, np.ndarray):
+            if self.init.dtype != np.uint64 or self.init.shape != (self.n_clusters, codes.shape[1]):
+                raise ValueError(
+                    f"init array must be uint64 of shape (n_clusters, n_bits/64) = ({self.n_clusters}, "
+                    f"{codes.shape[1]}), got {self.init.dtype} of shape {self.init.shape}"
+                )
+        elif not isinstance(self.init, str) or self.init not in INIT_METHODS:
+            raise ValueError(f"init={self.init!r} is not one of {sorted(INIT_METHODS)} or an array of centers")
         if self.assign not in ASSIGN_METHODS:
             raise ValueError(f"assign={self.assign!r} is not one of {list(ASSIGN_METHODS)}")
         if self.callback is not None and not callable(self.callback):
@@ -457,7 +480,10 @@ class BKMeans:
         codes = self._validate(codes)
         rng = check_random_state(self.random_state)
         n, k = codes.shape[0], int(self.n_clusters)
-        centers, labels, best = INIT_METHODS[self.init](codes, k, rng)
+        if isinstance(self.init, np.ndarray):
+            centers, labels, best = _init_given(codes, self.init)
+        else:
+            centers, labels, best = INIT_METHODS[self.init](codes, k, rng)
         assigner = _Assigner(self.assign, codes)
         assigner.set_centers(centers)
 

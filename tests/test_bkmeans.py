@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.bkmeans import BKMeans
+from core.bkmeans import BKMeans, kmeans_plusplus
 from core.codes import unpack_bits
 from helpers import flip_bits, random_codes, reference_distances
 
@@ -80,6 +80,33 @@ def test_seeded_runs_repeat_exactly_and_seeds_matter():
     c = BKMeans(50, random_state=12, init="k-means++").fit(codes)
     assert np.array_equal(a.labels_, b.labels_) and np.array_equal(a.cluster_centers_, b.cluster_centers_)
     assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
+
+
+def test_kmeans_plusplus_returns_distinct_chosen_codes_and_repeats():
+    codes, _ = planted(3000, 40, 0.1, seed=6)
+    centers, indices = kmeans_plusplus(codes, 40, random_state=3)
+    assert centers.shape == (40, 4) and np.array_equal(centers, codes[indices])
+    assert np.unique(indices).shape[0] == 40
+    again, again_indices = kmeans_plusplus(codes, 40, random_state=3)
+    assert np.array_equal(indices, again_indices)
+    with pytest.raises(ValueError, match=r"n_clusters=0 must be in \[1, n_samples=3000\]"):
+        kmeans_plusplus(codes, 0)
+
+
+def test_given_centers_give_the_same_fit_as_the_init_that_chose_them():
+    """init=array is how the paper experiment starts every method from the same centers."""
+    codes, _ = planted(3000, 40, 0.15, seed=7)
+    _, indices = kmeans_plusplus(codes, 40, random_state=5)
+    given = BKMeans(40, max_iter=10, tol=0, init=codes[np.sort(indices)]).fit(codes)
+    drawn = BKMeans(40, max_iter=10, tol=0, init="k-means++", random_state=5).fit(codes)
+    assert np.array_equal(given.labels_, drawn.labels_)
+    assert np.array_equal(given.cluster_centers_, drawn.cluster_centers_)
+
+
+@pytest.mark.parametrize("init", [np.zeros((3, 4), np.uint64), np.zeros((2, 4), np.int64), np.zeros((2, 2), np.uint64)])
+def test_bad_init_array(init):
+    with pytest.raises(ValueError, match=r"init array must be uint64 of shape \(n_clusters, n_bits/64\) = \(2, 4\)"):
+        BKMeans(2, init=init).fit(np.zeros((3, 4), np.uint64))
 
 
 @pytest.mark.skipif(purity is None, reason="core.metrics not available")

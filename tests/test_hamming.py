@@ -42,3 +42,20 @@ def test_permute_bits_moves_each_bit_and_keeps_distances(n_bits):
     _kernels.permute_bits(codes, source, out)
     assert np.array_equal(unpack_bits(out), unpack_bits(codes)[:, source])
     assert np.array_equal(reference_distances(out, out), reference_distances(codes, codes))
+
+
+def test_seeding_kernels_match_reference_distances():
+    """k-means++ seeding: the potential of each candidate and the distance update, against numpy."""
+    from core import _kernels
+
+    rng = np.random.default_rng(9)
+    codes = random_codes(rng, 300, 256)
+    full = reference_distances(codes, codes)
+    dist = full[:, 7].astype(np.int32)
+    trials = np.array([3, 7, 150, 299], dtype=np.int64)
+    potentials = np.empty(4, dtype=np.int64)
+    _kernels.seeding_potentials(codes, dist, trials, potentials)
+    expected = [int((np.minimum(dist, full[:, t]).astype(np.int64) ** 2).sum()) for t in trials]
+    assert potentials.tolist() == expected
+    _kernels.lower_min_distance(codes, codes, 150, dist)
+    assert np.array_equal(dist, np.minimum(full[:, 7], full[:, 150]))
