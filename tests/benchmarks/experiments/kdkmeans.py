@@ -22,7 +22,9 @@ the candidates are a random sample (plus the current medoid, so that the sum nev
 sample), and sums are taken over at most ``max_reference`` sampled members: only the k=10 settings
 of these experiments have such clusters.
 
-Both start from the same random data points as ``BKMeans(init="random")`` with the same seed.
+Both start from given data points (``init``: row numbers), so that the experiment starts every
+method from the same centers; without ``init`` they start from the random points
+``BKMeans(init="random")`` draws with the same seed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ from core.hamming import hamming_distances, nearest_brute
 def init_indices(n: int, k: int, seed: int) -> np.ndarray:
     """The data points ``BKMeans(init="random", random_state=seed)`` starts from."""
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def _start(init: np.ndarray | None, n: int, k: int, seed: int) -> np.ndarray:
+    if init is None:
+        return init_indices(n, k, seed)
+    init = np.asarray(init, dtype=np.int64)
+    if init.shape != (k,) or np.unique(init).shape[0] != k or init.min() < 0 or init.max() >= n:
+        raise ValueError(f"init must be {k} distinct row numbers in [0, {n}), got shape {init.shape}")
+    return init
 
 
 # -- randomized kd-tree forest ----------------------------------------------------------------------
@@ -190,8 +201,9 @@ class KDKMeans:
     """k-means with randomized kd-forest assignment (see the module docstring)."""
 
     def __init__(self, n_clusters: int, max_iter: int = 20, n_trees: int = 4, checks: int = 32,
-                 leaf_size: int = 4, random_state: int = 0) -> None:
+                 leaf_size: int = 4, random_state: int = 0, init: np.ndarray | None = None) -> None:
         self.n_clusters = n_clusters
+        self.init = init
         self.max_iter = max_iter
         self.n_trees = n_trees
         self.checks = checks
@@ -206,7 +218,7 @@ class KDKMeans:
         rng = np.random.default_rng([self.random_state, 1])
         rotations = [random_rotation(d, rng) for _ in range(self.n_trees)]
         rotated = np.stack([x @ r for r in rotations])
-        centers = x[init_indices(n, k, self.random_state)].copy()
+        centers = x[_start(self.init, n, k, self.random_state)].copy()
         labels = np.full(n, -1, np.int64)
         best = np.empty(n, np.float32)
         self.n_iter_ = 0
@@ -247,8 +259,9 @@ class HammingKMedoids:
     """Alternating k-medoids in Hamming distance on uint64 codes (see the module docstring)."""
 
     def __init__(self, n_clusters: int, max_iter: int = 20, max_candidates: int = 1000,
-                 max_reference: int = 2000, random_state: int = 0) -> None:
+                 max_reference: int = 2000, random_state: int = 0, init: np.ndarray | None = None) -> None:
         self.n_clusters = n_clusters
+        self.init = init
         self.max_iter = max_iter
         self.max_candidates = max_candidates
         self.max_reference = max_reference
@@ -257,7 +270,7 @@ class HammingKMedoids:
     def fit(self, codes: np.ndarray) -> "HammingKMedoids":
         n, k = codes.shape[0], self.n_clusters
         rng = np.random.default_rng([self.random_state, 2])
-        medoids = init_indices(n, k, self.random_state)
+        medoids = _start(self.init, n, k, self.random_state)
         self.n_iter_ = 0
         for _ in range(self.max_iter):
             labels, _ = nearest_brute(codes, codes[medoids])
