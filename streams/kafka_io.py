@@ -200,8 +200,14 @@ class LagProbe:
         self.topics = list(topics or [settings.input_topic])
         self.timeout = timeout
         # A consumer that never subscribes: it only reads the group's commits and the watermarks.
+        # read_uncommitted, as kafka-consumer-groups reads them: under read_committed librdkafka asks
+        # the coordinator for *stable* offsets, and while a transaction holding offset commits is open
+        # (an exactly_once worker killed mid-window) it gets UNSTABLE_OFFSET_COMMIT and retries until
+        # the transaction times out (a minute), so the probe timed out just when ops look at lag.
+        # Uncommitted transactional offsets are never returned either way.
         self.consumer = Consumer(settings.confluent_config(**{
-            "group.id": group or settings.app_id, "enable.auto.commit": False}))
+            "group.id": group or settings.app_id, "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted"}))
 
     def rows(self) -> list[PartitionLag]:
         metadata = self.consumer.list_topics(timeout=self.timeout)

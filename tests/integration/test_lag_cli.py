@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from kafka_support import BROKER_SH, REPO, AssignmentReader, photo_events, photo_ids, produce_events, wait_for
 
 from core.codes import to_bytes
 from core.synth import planted_codes
-from streams.kafka_io import consumer_lag
+from streams.kafka_io import consumer_lag, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -98,3 +99,37 @@ def test_lag_matches_kafka_consumer_groups(kafka_bootstrap, settings_factory, wo
     assert sum(p["committed"] for p in behind["partitions"]) == N_FIRST
     assert all(p["lag"] > 0 for p in behind["partitions"]), behind  # keys spread over both partitions
     _compare(behind, kafkas(kafka_bootstrap, settings.app_id, settings.input_topic), settings.input_topic)
+
+
+# A transactional producer (an exactly_once worker) that sent offsets to its transaction and died
+# before committing it: the coordinator holds those offsets as pending until the transaction times out.
+_DIE_MID_TRANSACTION = """
+import json, os, sys
+from confluent_kafka import Consumer, Producer, TopicPartition
+config, topic, group = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+producer = Producer({**config, "transactional.id": group + "-tx", "transaction.timeout.ms": 60000})
+producer.init_transactions()
+producer.begin_transaction()
+producer.produce(topic, b"in an open transaction")
+consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+producer.send_offsets_to_transaction([TopicPartition(topic, 0, 7)], consumer.consumer_group_metadata())
+producer.flush()
+os._exit(0)  # no commit, no abort: as SIGKILL leaves it
+"""
+
+
+def test_lag_answers_while_a_dead_transaction_holds_offset_commits(settings_factory):
+    """The exactly_once SIGKILL test once timed out reading committed offsets right after the kill."""
+    settings = settings_factory()
+    ensure_topics(settings)
+    produce_events(settings, photo_events(photo_ids(0, 10), [bytes(32)] * 10))
+    committer = Consumer(settings.confluent_config(**{"group.id": settings.app_id, "enable.auto.commit": False}))
+    try:
+        committer.commit(offsets=[TopicPartition(settings.input_topic, 0, 3)], asynchronous=False)
+    finally:
+        committer.close()
+    subprocess.run([sys.executable, "-c", _DIE_MID_TRANSACTION, json.dumps(settings.confluent_config()),
+                    settings.input_topic, settings.app_id], check=True, timeout=60)
+
+    rows = consumer_lag(settings, timeout=10)  # the transaction stays open for a minute
+    assert [(r.partition, r.committed, r.log_end, r.lag) for r in rows] == [(0, 3, 11, 8)], rows
