@@ -81,9 +81,15 @@ WITHIN = 0.02
 # -- codes ---------------------------------------------------------------------------------------------
 
 
-def codes_for(name: str, feature: str, itq_train: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """256-bit ITQ codes of ``name``'s test images under ``feature``, their labels and info (cached)."""
-    cache = datasets.cache_dir() / f"codes_{name}_{feature}_itq{itq_train}_v1.npz"
+def codes_for(name: str, feature: str, itq_train: int, all_images: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """256-bit ITQ codes of ``name``'s test images under ``feature``, their labels and info (cached).
+
+    ``all_images``: the train and the test images (pixels only: learned features would be applied to
+    the very images they were trained on).
+    """
+    if all_images and feature != "pixels":
+        raise ValueError(f"--all-images needs features that learn nothing from the images (pixels), not {feature!r}")
+    cache = datasets.cache_dir() / f"codes_{name}_{feature}_itq{itq_train}{'_all' if all_images else ''}_v1.npz"
     if cache.is_file():
         with np.load(cache) as z:
             return z["codes"], z["labels"], json.loads(str(z["info"]))
@@ -93,12 +99,14 @@ def codes_for(name: str, feature: str, itq_train: int) -> tuple[np.ndarray, np.n
     subset = np.sort(rng.choice(train.shape[0], size=min(itq_train, train.shape[0]), replace=False))
     started = time.perf_counter()
     itq = ITQ(n_bits=256, n_iter=50, random_state=0).fit(np.ascontiguousarray(train[subset], dtype=np.float32))
-    codes = itq.transform(np.ascontiguousarray(test, dtype=np.float32))
+    images = np.concatenate([train, test]) if all_images else test
+    labels = np.concatenate([data.y_train, data.y_test]) if all_images else data.y_test
+    codes = itq.transform(np.ascontiguousarray(images, dtype=np.float32))
     info = {**info, "n_features": int(test.shape[1]), "itq_train": int(len(subset)),
-            "itq_seconds": round(time.perf_counter() - started, 1), "n_test": int(test.shape[0]),
-            "n_classes": data.n_classes}
-    np.savez(cache, codes=codes, labels=data.y_test, info=json.dumps(info))
-    return codes, data.y_test, info
+            "itq_seconds": round(time.perf_counter() - started, 1), "n_test": int(images.shape[0]),
+            "n_classes": data.n_classes, "images": "train + test" if all_images else "test"}
+    np.savez(cache, codes=codes, labels=labels, info=json.dumps(info))
+    return codes, labels, info
 
 
 # -- methods ---------------------------------------------------------------------------------------------
@@ -235,8 +243,8 @@ def goal_summary(rows: list[dict]) -> list[str]:
             if all(f"{other}_purity" in r for r in mine):
                 above = [r for r in mine if r["bkmeans_purity"] > r[f"{other}_purity"]]
                 worst = min(mine, key=lambda r: r["bkmeans_purity"] - r[f"{other}_purity"])
-                out.append(f"* Bk-means above {other}: {len(above)} of {len(mine)} (largest shortfall "
-                           f"{100 * (worst['bkmeans_purity'] - worst[f'{other}_purity']):+.1f} at {name(worst)}).")
+                out.append(f"* Bk-means above {other}: {len(above)} of {len(mine)} (Bk-means − {other} at its "
+                           f"lowest: {100 * (worst['bkmeans_purity'] - worst[f'{other}_purity']):+.1f} at {name(worst)}).")
         grows = []
         for dataset in DATASET_ORDER:
             for feature in FEATURE_ORDER:
@@ -269,10 +277,10 @@ def gap_table(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     methods = [m for m in METHODS if any(f"{m}_purity" in r for r in rows)]
-    out = [f"Test splits; 256-bit ITQ codes; {meta['max_iter']} iterations at most; seeds {meta['seeds']}; "
+    out = [("Train + test images" if meta.get("all_images") else "Test splits") + f"; 256-bit ITQ codes; {meta['max_iter']} iterations at most; seeds {meta['seeds']}; "
            "every method starts from the same k codes per seed (start: k-means++ or random). "
-           "Mean ± std over seeds. Purity and NMI in %. Time in seconds (wall, 2 cores, nice 19 on a shared "
-           "machine). Speedup = k-means time / Bk-means time, per seed, then averaged.", ""]
+           f"Mean ± std over seeds. Purity and NMI in %. Time in seconds (wall, {meta['machine']['cpus']} cores, "
+           f"nice {meta['machine']['nice']}). Speedup = k-means time / Bk-means time, per seed, then averaged.", ""]
     out += ["### Against the issue's goal", ""] + goal_summary(rows)
     for init in INITS:
         for dataset in DATASET_ORDER:
@@ -309,7 +317,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict], out_dir: Path) -> list[str]:
+def plot(rows: list[dict], out_dir: Path, prefix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,7 +356,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[str]:
                 ax.axis("off")
             axes.flat[0].legend(fontsize=8)
             fig.tight_layout()
-            path = out_dir / f"{stem}_{slug}.png"
+            path = out_dir / f"{prefix}{stem}_{slug}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(str(path))
@@ -369,10 +377,22 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-iter", type=int, default=20)
     parser.add_argument("--itq-train", type=int, default=20_000, help="train images ITQ is fitted on")
+    parser.add_argument("--all-images", action="store_true",
+                        help="cluster the train and test images (pixels only), e.g. combined: 140,000 codes")
     parser.add_argument("--quick", action="store_true", help="fashion/pixels, k 10 50, seed 0 (a smoke run)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="paper", help="basename of the .json/.md outputs")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rewrite the .md (and plots) of a saved run's JSON, e.g. results/paper.json")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        name = args.render.stem
+        (args.render.parent / f"{name}.md").write_text(markdown(saved["table"], saved["meta"]) + "\n")
+        if len(saved["meta"]["ks"]) > 1:
+            plot(saved["table"], args.render.parent, "" if name == "paper" else f"{name}_")
+        print(f"rewrote {args.render.parent / (name + '.md')}")
+        return
     if args.quick:
         args.datasets, args.features, args.ks, args.seeds = ["fashion"], ["pixels"], [10, 50], [0]
         args.name = "paper_quick" if args.name == "paper" else args.name
@@ -383,13 +403,13 @@ def main() -> None:
     warm_up()
     runs: list[dict] = []
     meta: dict = {"max_iter": args.max_iter, "seeds": args.seeds, "ks": args.ks, "methods": args.methods,
-                  "inits": args.inits, "itq_train": args.itq_train, "codes": {}, "machine": {
+                  "inits": args.inits, "itq_train": args.itq_train, "all_images": args.all_images, "codes": {}, "machine": {
                       "platform": platform.platform(), "python": platform.python_version(),
                       "cpus": os.cpu_count(), "nice": os.nice(0)}}
     for dataset in args.datasets:
         for feature in args.features:
             print(f"== {dataset} / {feature}: features + ITQ 256 ...", flush=True)
-            codes, truth, info = codes_for(dataset, feature, args.itq_train)
+            codes, truth, info = codes_for(dataset, feature, args.itq_train, args.all_images)
             meta["codes"][f"{dataset}/{feature}"] = info
             bits = np.ascontiguousarray(unpack_bits(codes), dtype=np.float32)
             for init in args.inits:
@@ -417,7 +437,8 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
     md = markdown(rows, meta)
     (args.out / f"{args.name}.md").write_text(md + "\n")
-    written = plot(rows, args.out) if not args.quick else []
+    prefix = "" if args.name == "paper" else f"{args.name}_"
+    written = plot(rows, args.out, prefix) if not args.quick and len(args.ks) > 1 else []
     print(md)
     print(f"wrote {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')} {' '.join(written)}")
     print(f"total {meta['total_seconds']} s")
