@@ -61,7 +61,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[2]))
 
 import datasets  # noqa: E402
-from kdkmeans import HammingKMedoids, KDKMeans  # noqa: E402
+from kdkmeans import HammingKMedoids, KDKMeans, init_indices  # noqa: E402
 
 from core.bkmeans import BKMeans, kmeans_plusplus  # noqa: E402
 from core.codes import pack_bits, unpack_bits  # noqa: E402
@@ -115,7 +115,7 @@ def codes_for(name: str, feature: str, itq_train: int, all_images: bool = False)
 def start_indices(codes: np.ndarray, k: int, seed: int, init: str) -> np.ndarray:
     """The k codes (row numbers, ascending) every method starts from for this seed."""
     if init == "random":
-        return np.sort(np.random.default_rng(seed).choice(codes.shape[0], size=k, replace=False))
+        return init_indices(codes.shape[0], k, seed)
     if init == "k-means++":
         return np.sort(kmeans_plusplus(codes, k, random_state=seed)[1])
     raise ValueError(f"unknown init {init!r}")
@@ -123,34 +123,33 @@ def start_indices(codes: np.ndarray, k: int, seed: int, init: str) -> np.ndarray
 
 def run_method(method: str, codes: np.ndarray, bits: np.ndarray, k: int, start: np.ndarray, seed: int,
                max_iter: int) -> dict:
-    extra = {}
+    """Fit one method from ``start``; the time covers the fit and its labels, not the diagnostics."""
     started = time.perf_counter()
     if method == "kmeans":
         import faiss
 
-        km = faiss.Kmeans(bits.shape[1], k, niter=max_iter, seed=seed + 1, verbose=False,
-                          max_points_per_centroid=bits.shape[0], min_points_per_centroid=1)
-        km.train(bits, init_centroids=np.ascontiguousarray(bits[start]))
-        _, labels = km.index.search(bits, 1)
+        model = faiss.Kmeans(bits.shape[1], k, niter=max_iter, seed=seed + 1, verbose=False,
+                             max_points_per_centroid=bits.shape[0], min_points_per_centroid=1)
+        model.train(bits, init_centroids=np.ascontiguousarray(bits[start]))
+        _, labels = model.index.search(bits, 1)
         labels, n_iter = labels[:, 0].astype(np.int64), max_iter
-        seconds = time.perf_counter() - started
-        extra["rounded_labels"] = nearest_brute(codes, pack_bits((km.centroids > 0.5).astype(np.uint8)))[0]
     elif method == "bkmeans":
         model = BKMeans(k, max_iter=max_iter, tol=0.0, init=codes[start], assign="auto", random_state=seed).fit(codes)
         labels, n_iter = model.labels_, model.n_iter_
     elif method == "kdkmeans":
         model = KDKMeans(k, max_iter=max_iter, n_trees=4, checks=32, random_state=seed, init=start).fit(bits)
         labels, n_iter = model.labels_, model.n_iter_
-        seconds = time.perf_counter() - started
-        extra["exact_fraction"] = exact_fraction(bits, model.cluster_centers_, labels)
     elif method == "kmedoids":
         model = HammingKMedoids(k, max_iter=max_iter, random_state=seed, init=start).fit(codes)
         labels, n_iter = model.labels_, model.n_iter_
     else:
         raise ValueError(method)
-    if method not in ("kmeans", "kdkmeans"):
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "iterations": int(n_iter), "labels": labels, **extra}
+    result = {"seconds": time.perf_counter() - started, "iterations": int(n_iter), "labels": labels}
+    if method == "kmeans":
+        result["rounded_labels"] = nearest_brute(codes, pack_bits((model.centroids > 0.5).astype(np.uint8)))[0]
+    elif method == "kdkmeans":
+        result["exact_fraction"] = exact_fraction(bits, model.cluster_centers_, labels)
+    return result
 
 
 def exact_fraction(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> float:
@@ -363,6 +362,14 @@ def plot(rows: list[dict], out_dir: Path, prefix: str = "") -> list[str]:
     return written
 
 
+def write_report(rows: list[dict], meta: dict, out_dir: Path, name: str, plots: bool) -> tuple[str, list[str]]:
+    """Write ``<name>.md`` and, for more than one k, the plots (``paper``'s unprefixed); return both."""
+    md = markdown(rows, meta)
+    (out_dir / f"{name}.md").write_text(md + "\n")
+    written = plot(rows, out_dir, "" if name == "paper" else f"{name}_") if plots and len(meta["ks"]) > 1 else []
+    return md, written
+
+
 # -- main ------------------------------------------------------------------------------------------------
 
 
@@ -387,11 +394,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
-        name = args.render.stem
-        (args.render.parent / f"{name}.md").write_text(markdown(saved["table"], saved["meta"]) + "\n")
-        if len(saved["meta"]["ks"]) > 1:
-            plot(saved["table"], args.render.parent, "" if name == "paper" else f"{name}_")
-        print(f"rewrote {args.render.parent / (name + '.md')}")
+        _, written = write_report(saved["table"], saved["meta"], args.render.parent, args.render.stem, plots=True)
+        print(f"rewrote {args.render.with_suffix('.md')} {' '.join(written)}")
         return
     if args.quick:
         args.datasets, args.features, args.ks, args.seeds = ["fashion"], ["pixels"], [10, 50], [0]
@@ -435,10 +439,7 @@ def main() -> None:
     rows = aggregate(runs)
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
-    md = markdown(rows, meta)
-    (args.out / f"{args.name}.md").write_text(md + "\n")
-    prefix = "" if args.name == "paper" else f"{args.name}_"
-    written = plot(rows, args.out, prefix) if not args.quick and len(args.ks) > 1 else []
+    md, written = write_report(rows, meta, args.out, args.name, plots=not args.quick)
     print(md)
     print(f"wrote {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')} {' '.join(written)}")
     print(f"total {meta['total_seconds']} s")
