@@ -7,7 +7,7 @@ from .bkmeans import BKMeans, IterationInfo, kmeans_plusplus
 from .codes import DEFAULT_BITS, SUPPORTED_BITS
 from .hamming import hamming_distances, nearest_brute
 from .itq import ITQ
-from .metrics import normalized_mutual_info, purity
+from .purity import normalized_mutual_info, purity
 from .mih import MultiIndexHash
 from .online import OnlineClusterer, Outcome, WindowResult
 from .synth import planted_codes

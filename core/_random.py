@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_int, is_int
+
 
 def check_random_state(random_state: Any) -> np.random.Generator:
     """None (fresh entropy), a non-negative int seed, or a Generator (used as is).
@@ -16,10 +18,8 @@ def check_random_state(random_state: Any) -> np.random.Generator:
         return random_state
     if random_state is None:
         return np.random.default_rng()
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state={random_state!r} must be a non-negative integer seed")
-        return np.random.default_rng(int(random_state))
+    if is_int(random_state):
+        return np.random.default_rng(check_int("random_state", random_state, 0))
     raise TypeError(
         f"random_state={random_state!r} must be None, a non-negative int or a numpy.random.Generator"
     )

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import _kernels
 from ._random import check_random_state
+from ._validation import check_int
 from .codes import check_codes
 from .mih import MultiIndexHash
 
@@ -100,12 +101,8 @@ def kmeans_plusplus(codes: np.ndarray, n_clusters: int, random_state: Any = None
     """
     codes = check_codes(codes)
     n = codes.shape[0]
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise TypeError(f"n_clusters must be an integer, got {type(n_clusters).__name__}")
-    if not 1 <= n_clusters <= n:
-        raise ValueError(f"n_clusters={n_clusters} must be in [1, n_samples={n}]")
+    k = check_int("n_clusters", n_clusters, 1, ("n_samples", n))
     rng = check_random_state(random_state)
-    k = int(n_clusters)
     n_trials = 2 + int(np.log(k))
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n)
@@ -450,15 +447,10 @@ class BKMeans:
         codes = check_codes(codes)
         n = codes.shape[0]
         for name in ("n_clusters", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
+            check_int(name, getattr(self, name), 1)
         if n == 0:
             raise ValueError("codes is empty; Bk-means needs at least one code")
-        if self.n_clusters > n:
-            raise ValueError(f"n_clusters={self.n_clusters} must be <= n_samples={n}")
+        check_int("n_clusters", self.n_clusters, high=("n_samples", n))
         if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.floating)) or not 0 <= self.tol <= 1:
             raise ValueError(f"tol={self.tol!r} must be a number in [0, 1]")
         if isinstance(self.init, np.ndarray):

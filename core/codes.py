@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._validation import is_int
+
 SUPPORTED_BITS: tuple[int, ...] = (64, 128, 256, 512)
 DEFAULT_BITS = 256
 _BIG_ENDIAN_U64 = np.dtype(">u8")
@@ -20,7 +22,7 @@ _BIG_ENDIAN_U64 = np.dtype(">u8")
 
 def check_n_bits(n_bits: int) -> int:
     """Return ``n_bits`` if it is a supported code width, else raise ``ValueError``."""
-    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or int(n_bits) not in SUPPORTED_BITS:
+    if not is_int(n_bits) or int(n_bits) not in SUPPORTED_BITS:
         raise ValueError(f"n_bits={n_bits!r} is not supported; choose one of {SUPPORTED_BITS}")
     return int(n_bits)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._random import check_random_state
+from ._validation import check_int, is_int
 
 from core.codes import DEFAULT_BITS, check_n_bits, pack_bits
 
@@ -120,12 +121,7 @@ class ITQ:
 
     def _check_params(self) -> tuple[int, int]:
         n_bits = check_n_bits(self.n_bits)
-        n_iter = self.n_iter
-        if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)):
-            raise TypeError(f"n_iter={n_iter!r} must be a non-negative integer")
-        if n_iter < 0:
-            raise ValueError(f"n_iter={n_iter!r} must be >= 0")
-        return n_bits, int(n_iter)
+        return n_bits, check_int("n_iter", self.n_iter, 0)
 
     def _fit(self, features: object) -> np.ndarray:
         """Fit and return the PCA projections of the training data (reused for its codes)."""
@@ -229,7 +225,7 @@ class ITQ:
             "rotation": self.rotation_.copy(),
             "loss_history": np.asarray(self.loss_history_, dtype=np.float64),
         }
-        if isinstance(self.random_state, (int, np.integer)) and not isinstance(self.random_state, bool):
+        if is_int(self.random_state):
             state["random_state"] = int(self.random_state)
         return state
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
+from ._validation import check_int, is_int
 from .codes import check_codes
 
 MAX_SUBSTRING_BITS = 20  # a table has 2**bits buckets: 20 bits is 4 MiB of offsets per table
@@ -56,7 +57,7 @@ class MultiIndexHash:
         if isinstance(m, str):
             if m != "auto":
                 raise ValueError(f"n_substrings={m!r} must be 'auto' or an integer")
-        elif isinstance(m, bool) or not isinstance(m, (int, np.integer)):
+        elif not is_int(m):
             raise TypeError(f"n_substrings must be 'auto' or an integer, got {type(m).__name__}")
         elif not (math.ceil(n_bits / MAX_SUBSTRING_BITS) <= m <= n_bits // 2):
             raise ValueError(
@@ -175,7 +176,7 @@ class MultiIndexHash:
         get -1 / -1 (and the search stops early). An empty index gives -1 / -1.
         """
         queries = self._check_queries(queries)
-        limit = _kernels.FAR if max_distance is None else _check_radius(max_distance, self.n_bits_, "max_distance")
+        limit = _kernels.FAR if max_distance is None else check_int("max_distance", max_distance, 0, self.n_bits_)
         n = queries.shape[0]
         labels = np.full(n, -1, dtype=np.int64)
         best = np.full(n, _kernels.FAR, dtype=np.int32)
@@ -192,7 +193,7 @@ class MultiIndexHash:
         then by index.
         """
         queries = self._check_queries(queries)
-        radius = _check_radius(radius, self.n_bits_, "radius")
+        radius = check_int("radius", radius, 0, self.n_bits_)
         n = queries.shape[0]
         offsets = np.zeros(n + 1, dtype=np.int64)
         no_idx = np.empty(0, dtype=np.int64)
@@ -227,11 +228,3 @@ class MultiIndexHash:
         m = state["n_substrings"]
         m = m if isinstance(m, str) else int(m)
         return cls(n_substrings=m, rebuild_fraction=float(state["rebuild_fraction"])).fit(state["codes"])
-
-
-def _check_radius(value: int, n_bits: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if not 0 <= int(value) <= n_bits:
-        raise ValueError(f"{name}={value} must be between 0 and {n_bits}")
-    return int(value)

@@ -46,12 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from .bkmeans import FAR, PROBE_COST_IN_PAIRS, BKMeans
+from ._validation import check_int, check_real
+from .bkmeans import BKMeans
+from .centers import NO_CLUSTER, join_within
 from .codes import DEFAULT_BITS, check_codes, check_n_bits
-from .hamming import nearest_brute, paired_distances
+from .hamming import paired_distances
 from .mih import MultiIndexHash
 
-NO_CLUSTER = -1
 STATE_FORMAT = 1
 _SEED_LIMIT = 1 << 64  # seeds are stored as (msgpack-able) unsigned 64-bit integers
 _ID_ENCODING = ("utf-8", "surrogatepass")  # round-trips every Python str, lone surrogates included
@@ -114,25 +115,6 @@ class WindowResult:
     def is_final(self) -> np.ndarray:
         """Boolean mask of rows that carry an item's final outcome (everything except HELD)."""
         return self.outcome != Outcome.HELD
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"{name}={value} must be {bounds}")
-    return value
-
-
-def _check_time(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number (seconds), got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value} must be finite")
-    return value
 
 
 def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -238,21 +220,21 @@ class OnlineClusterer:
         n_bits = check_n_bits(self.n_bits)
         if hasattr(self, "n_bits_") and n_bits != self.n_bits_:
             raise ValueError(f"n_bits={n_bits} cannot change after first use (the centers are {self.n_bits_}-bit)")
-        window_size = _check_int("window_size", self.window_size, 1)
+        window_size = check_int("window_size", self.window_size, 1)
         ratio = self.new_centers_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
             raise TypeError(f"new_centers_ratio must be a real number, got {ratio!r} ({type(ratio).__name__})")
         if not 0.0 < float(ratio) <= 1.0:  # also rejects NaN
             raise ValueError(f"new_centers_ratio={ratio!r} must be in (0, 1]")
-        radius = n_bits // 4 if self.radius is None else _check_int("radius", self.radius, 0, n_bits)
-        min_cluster_size = _check_int("min_cluster_size", self.min_cluster_size, 1)
+        radius = n_bits // 4 if self.radius is None else check_int("radius", self.radius, 0, n_bits)
+        min_cluster_size = check_int("min_cluster_size", self.min_cluster_size, 1)
         capacity = (
-            window_size if self.pending_capacity is None else _check_int("pending_capacity", self.pending_capacity, 0)
+            window_size if self.pending_capacity is None else check_int("pending_capacity", self.pending_capacity, 0)
         )
         max_windows = (
-            None if self.pending_max_windows is None else _check_int("pending_max_windows", self.pending_max_windows, 0)
+            None if self.pending_max_windows is None else check_int("pending_max_windows", self.pending_max_windows, 0)
         )
-        max_iter = _check_int("max_iter", self.max_iter, 1)
+        max_iter = check_int("max_iter", self.max_iter, 1)
         if not hasattr(self, "seed_"):
             seed = self._resolve_seed(self.random_state)
         # Only now that everything passed, store the resolved values.
@@ -366,7 +348,7 @@ class OnlineClusterer:
         return ids
 
     def _check_now(self, now: float | None) -> float:
-        return time.time() if now is None else _check_time("now", now)
+        return time.time() if now is None else check_real("now", now, unit="seconds")
 
     def _window_rng(self, window: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self.seed_, spawn_key=(window,)))
@@ -480,33 +462,30 @@ class OnlineClusterer:
         )
 
     def _join(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest center within ``radius`` of every code (-1 / -1 if none; ties: lowest id).
+        """Nearest center within ``radius`` of every code (-1 / -1 if none; ties: lowest id)."""
+        return join_within(self._index, codes, radius)
 
-        Why not just ``MultiIndexHash.nearest(max_distance=radius)``: a code with no center within
-        ``radius`` makes MIH probe every bucket out to ``radius // m`` bits in each substring, which at
-        ``radius ~ n_bits / 4`` costs more than scanning all centers, and on web data most codes join
-        nothing. So each code gets an MIH budget worth one linear scan (the Bk-means calibration
-        ``PROBE_COST_IN_PAIRS``); codes that exhaust it are scanned. Both paths are exact, so the
-        answer does not depend on which one ran.
-        """
-        n, n_centers = codes.shape[0], self._sizes.shape[0]
-        labels = np.full(n, NO_CLUSTER, dtype=np.int64)
-        best = np.full(n, FAR, dtype=np.int32)
-        rows = np.arange(n, dtype=np.int64)
-        budget = int(n_centers / PROBE_COST_IN_PAIRS)
-        if budget >= self._index.n_substrings_:  # MIH can at least probe the exact buckets
-            _, resolved = self._index.search_into(
-                codes, rows, labels, best, max_distance=radius, probe_budget=budget
-            )
-            scan = rows[~resolved]
-        else:
-            scan = rows
-        if scan.shape[0]:
-            labels[scan], best[scan] = nearest_brute(codes[scan], self._index.codes_)
-        missing = (labels < 0) | (best > radius)
-        labels[missing] = NO_CLUSTER
-        best[missing] = -1
-        return labels, best
+    def record_joins(self, clusters: np.ndarray, counts: np.ndarray, now: float) -> None:
+        """Count joins made elsewhere, by a copy of the centers (``core.centers.CenterIndex``):
+        ``counts[i]`` photos joined cluster ``clusters[i]`` at time ``now``. So that ``sizes_`` and
+        ``updated_ts_`` stay the whole cluster's figures when the join is spread over processes.
+        Nothing changes if an argument is refused."""
+        self._ready()
+        clusters = _check_vector("clusters", clusters, np.int64, None)
+        counts = _check_vector("counts", counts, np.int64, clusters.shape[0])
+        now = self._check_now(now)
+        if clusters.shape[0] == 0:
+            return
+        bad = np.flatnonzero((clusters < 0) | (clusters >= self.n_clusters_))
+        if bad.shape[0]:
+            raise ValueError(f"cluster {int(clusters[bad[0]])} does not exist (there are {self.n_clusters_})")
+        if np.any(counts < 1):
+            raise ValueError(f"counts must be >= 1, got {int(counts.min())}")
+        sizes = self._sizes.copy()
+        np.add.at(sizes, clusters, counts)
+        updated = self._updated_ts.copy()
+        updated[clusters] = np.maximum(updated[clusters], now)
+        self._sizes, self._updated_ts = sizes, updated
 
     def flush(self, now: float | None = None) -> WindowResult:
         """Declare the whole pending pool NOISE (at shutdown, if the pool is not to be persisted).
@@ -656,7 +635,7 @@ class OnlineClusterer:
                 params[name] = value.item()
         clusterer = cls(**params)
         clusterer._ready()
-        n_windows = _check_int("state n_windows", state["n_windows"], 0)
+        n_windows = check_int("state n_windows", state["n_windows"], 0)
         centers = check_codes(np.asarray(state["centers"]), clusterer.n_bits_, name="state centers")
         c = centers.shape[0]
         sizes = _check_vector("state sizes", state["sizes"], np.int64, c)

@@ -13,12 +13,10 @@ Generating the noise is the expensive part (one random decision per bit: 256M fo
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
 from ._random import check_random_state
+from ._validation import check_int, check_real
 
 from core.codes import DEFAULT_BITS, check_n_bits
 
@@ -102,14 +100,6 @@ def bernoulli_words(n_words: int, p: float, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}={value!r} must be an integer")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be >= {minimum}")
-    return int(value)
-
-
 def planted_codes(
     n_samples: int,
     n_clusters: int,
@@ -130,18 +120,14 @@ def planted_codes(
     ``flip_prob`` may be anything in [0, 1]; values above 1/2 scatter samples around the
     complement of their center.
     """
-    n_samples = _check_count(n_samples, "n_samples", 1)
-    n_clusters = _check_count(n_clusters, "n_clusters", 1)
+    n_samples = check_int("n_samples", n_samples, 1)
+    n_clusters = check_int("n_clusters", n_clusters, 1)
     if n_clusters > n_samples:
         raise ValueError(
             f"n_clusters={n_clusters} exceeds n_samples={n_samples}; every planted cluster needs a sample"
         )
     n_bits = check_n_bits(n_bits)
-    if isinstance(flip_prob, bool) or not isinstance(flip_prob, numbers.Real):
-        raise TypeError(f"flip_prob={flip_prob!r} must be a real number in [0, 1]")
-    flip_prob = float(flip_prob)
-    if not (0.0 <= flip_prob <= 1.0) or math.isnan(flip_prob):
-        raise ValueError(f"flip_prob={flip_prob!r} must be a probability in [0, 1]")
+    flip_prob = check_real("flip_prob", flip_prob, 0, 1)
     rng = check_random_state(random_state)
 
     n_w = n_bits // 64

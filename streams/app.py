@@ -22,7 +22,7 @@ import faust
 from aiohttp.web import Response
 
 from .config import SECRET_FIELDS, Settings
-from .metrics import CONTENT_TYPE, render
+from .exposition import CONTENT_TYPE, render
 from .window import ClusteringWorker
 
 log = logging.getLogger("photoclust")
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> Photoclust:
         "clusterer", **RAW_TABLE, partitions=1, options=_table_options(),
         help="The online clusterer's meta record and pending pool chunks.",
     )
-    worker = ClusteringWorker(settings, app, output_topic, dlq_topic, state_topic, (centers_table, clusterer_table))
+    worker = ClusteringWorker(settings, app, (centers_table, clusterer_table))
     app.clustering_worker = worker
     parts = Photoclust(settings, app, input_topic, output_topic, dlq_topic, state_topic,
                        centers_table, clusterer_table, worker)
@@ -162,7 +162,10 @@ def create_app(settings: Settings) -> Photoclust:
 
     @app.page("/clusters/{cluster_id}")
     async def cluster(web: Any, request: Any, cluster_id: str) -> Response:
-        record = worker.cluster(int(cluster_id)) if cluster_id.isdigit() else None
+        # isdigit() alone accepts digits such as '²' that int() refuses: ASCII digits only.
+        if not (cluster_id.isascii() and cluster_id.isdigit()):
+            return web.json({"error": f"cluster id must be a non-negative integer, got {cluster_id!r}"}, status=400)
+        record = worker.cluster(int(cluster_id))
         if record is None:
             return web.json({"error": f"no cluster {cluster_id}"}, status=404)
         return web.json(record)
@@ -225,10 +228,32 @@ def run_worker(settings: Settings) -> None:
     # Faust only subscribes to topics that exist when it starts; create them so that a worker
     # started before its first producer still sees every event.
     ensure_topics(settings)
+    refuse_fixed_setting_changes(settings)
     _hide_secrets_in_logs(settings)
     parts = create_app(settings)
     worker = faust.Worker(parts.app, loglevel=settings.log_level)
     worker.execute_from_commandline()
+
+
+class FixedSettingChanged(Exception):
+    """A setting that the stored state fixes differs from the worker's (exit code 2)."""
+
+
+def refuse_fixed_setting_changes(settings: Settings) -> None:
+    """Refuse to start, before Faust starts, when the stored state was made with another ``n_bits``:
+    its centers cannot be used, and a worker that started anyway would fail on every restart."""
+    from .kafka_io import latest_value
+    from .state import FIXED_PARAMS, META_KEY, param_changes, stored_params
+
+    stored = stored_params(latest_value(settings, settings.state_topic, META_KEY))
+    if stored is None:
+        return
+    refused = param_changes(stored, {name: getattr(settings, name) for name in FIXED_PARAMS}, FIXED_PARAMS)
+    if refused:
+        raise FixedSettingChanged("; ".join(
+            f"{name}={new} differs from {old}, the {name} of the state stored in topic {settings.state_topic!r}; "
+            f"start with {name}={old}, or with another app_id and state_topic for a new clustering"
+            for name, old, new in refused))
 
 
 def _hide_secrets_in_logs(settings: Settings) -> None:

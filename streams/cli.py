@@ -480,7 +480,7 @@ def cluster(
         "read_seconds": round(read_seconds, 4),
     }
     if truth is not None:
-        from core.metrics import normalized_mutual_info, purity
+        from core.purity import normalized_mutual_info, purity
 
         summary["purity"] = purity(labels, truth)
         summary["nmi"] = normalized_mutual_info(labels, truth)

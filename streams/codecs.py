@@ -13,10 +13,15 @@ Output topic (default ``cluster-assignments``); key = photo id, value = ``{"id":
 int | None, "distance": int | None, "outcome": "joined" | "founded" | "noise", "window": int,
 "ts_in": float, "ts_out": float}`` (cluster and distance are None exactly for noise).
 
-Dead-letter topic (default ``photo-hashes.dlq``); key = the original key, value = ``{"reason": str,
-"row": int | None, "topic": str, "partition": int, "offset": int, "key": bytes | None, "value":
-bytes | None}``; ``value`` (and ``key``) are cut to ``max_value_bytes`` (64 KiB) with
-``"value_truncated": True, "value_size": <original size>`` (``key_truncated``/``key_size``) when larger.
+Dead-letter topic (default ``photo-hashes.dlq``); one record per bad event (a whole event rejected,
+or a batch event with bad rows); key = the original key, value = ``{"reason": str, "row": int | None,
+"bad_rows": int, "reasons": [[row | None, str], ...], "topic": str, "partition": int, "offset": int,
+"key": bytes | None, "value": bytes | None}``. ``reason``/``row`` are the first problem (``row`` None:
+the whole event), ``bad_rows`` counts the rejected rows of a batch (0 for a whole event) and
+``reasons`` holds the first ``MAX_DLQ_REASONS`` problems. ``value`` (and ``key``) are cut to
+``max_value_bytes`` (64 KiB) with ``"value_truncated": True, "value_size": <original size>``
+(``key_truncated``/``key_size``) when larger. So a batch of 100,000 bad rows is one record of at
+most ~130 KiB, not 100,000 records that each carry the event.
 
 Decoding rules (:class:`PhotoDecoder`), chosen so that one bad producer cannot stall or crash the
 stream and nothing is dropped without a reason:
@@ -67,6 +72,7 @@ __all__ = [
     "DecodeResult",
     "PhotoDecoder",
     "MAX_DLQ_VALUE_BYTES",
+    "MAX_DLQ_REASONS",
     "MAX_MAP_KEYS",
     "OUTCOME_NAMES",
     "encode_photo",
@@ -75,9 +81,16 @@ __all__ = [
     "decode_assignment",
     "encode_dlq",
     "decode_dlq",
+    "PHOTOS_KEY",
+    "JOINS_KEY",
+    "FORWARD_CHUNK_ROWS",
+    "encode_forwarded",
+    "encode_joins",
+    "decode_joins",
 ]
 
 MAX_DLQ_VALUE_BYTES = 64 * 1024
+MAX_DLQ_REASONS = 16  # problems listed in one dead letter; ``bad_rows`` still counts them all
 MAX_MAP_KEYS = 1024  # most keys in any map of an input event (3 are used; the rest is room for growth)
 MAX_REASON_CHARS = 4096
 OUTCOME_NAMES: dict[Outcome, str] = {Outcome.JOINED: "joined", Outcome.FOUNDED: "founded", Outcome.NOISE: "noise"}
@@ -732,8 +745,7 @@ def _cut(data: bytes | bytearray | memoryview | None, name: str, limit: int, rec
 
 
 def encode_dlq(
-    reason: str,
-    row: int | None,
+    errors: Sequence[tuple[int | None, str]],
     topic: str,
     partition: int,
     offset: int,
@@ -741,23 +753,32 @@ def encode_dlq(
     value: bytes | None,
     max_value_bytes: int = MAX_DLQ_VALUE_BYTES,
 ) -> bytes:
-    """A dead-letter record for one rejected event (``row`` None) or one rejected batch row.
+    """The one dead-letter record of a bad event: ``errors`` are its ``(row, reason)`` problems, as
+    :attr:`DecodeResult.errors` lists them (``row`` None: the whole event is rejected).
 
     ``value`` (the original event bytes, None for a tombstone) and ``key`` are kept up to
     ``max_value_bytes``; longer ones are cut and flagged with ``<name>_truncated``/``<name>_size``,
-    so a dead letter always fits in a Kafka message. ``reason`` is cut to 4,096 characters.
+    so a dead letter always fits in a Kafka message. Each reason is cut to 4,096 characters and
+    only the first ``MAX_DLQ_REASONS`` are listed.
     """
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+    if isinstance(errors, (str, bytes)) or not errors:
+        raise ValueError("errors must be a non-empty sequence of (row, reason) pairs")
+    listed = []
+    for row, reason in errors[:MAX_DLQ_REASONS]:
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if row is not None and (isinstance(row, bool) or not isinstance(row, (int, np.integer)) or row < 0):
+            raise ValueError(f"row={row!r} must be None or an integer >= 0")
+        listed.append([None if row is None else int(row), reason[:MAX_REASON_CHARS]])
     for name, number in (("partition", partition), ("offset", offset)):
         if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {number!r}")
-    if row is not None and (isinstance(row, bool) or not isinstance(row, (int, np.integer)) or row < 0):
-        raise ValueError(f"row={row!r} must be None or an integer >= 0")
     limit = _check_limit("max_value_bytes", max_value_bytes)
     record: dict[str, Any] = {
-        "reason": reason[:MAX_REASON_CHARS],
-        "row": None if row is None else int(row),
+        "reason": listed[0][1],
+        "row": listed[0][0],
+        "bad_rows": sum(1 for row, _ in errors if row is not None),
+        "reasons": listed,
         "topic": str(topic),
         "partition": int(partition),
         "offset": int(offset),
@@ -783,4 +804,46 @@ def decode_dlq(value: bytes) -> dict:
             raise ValueError(f"dead letter field {name!r}: must be binary or nil, got {_wire_type(obj[name])}")
     obj.setdefault("key_truncated", False)
     obj.setdefault("value_truncated", False)
+    # Records written before one record per event held exactly one problem.
+    obj.setdefault("reasons", [[obj["row"], obj["reason"]]])
+    obj.setdefault("bad_rows", 0 if obj["row"] is None else 1)
     return obj
+
+
+# -- the unjoined topic (join stage -> found stage) ------------------------------------------------
+# Internal, one partition. Key PHOTOS_KEY: a batch event of the input format whose rows all carry
+# their ts_in, ``{"batch": [[id, hash, ts_in], ...]}``. Key JOINS_KEY: how many photos the join
+# stage joined to each cluster, ``{"clusters": bin int64 LE, "counts": bin int64 LE, "ts": float}``.
+
+PHOTOS_KEY = b"photos"
+JOINS_KEY = b"joins"
+FORWARD_CHUNK_ROWS = 10_000  # ~0.6 MB per forwarded event, well below the producers' request size
+
+
+def encode_forwarded(ids: Sequence[str], hashes: Sequence[bytes], ts_in: Sequence[float]) -> bytes:
+    """A batch event of photos the join stage validated already (ids, raw hashes, float ts_in)."""
+    return msgpack.packb({"batch": [[photo_id, h, float(ts)] for photo_id, h, ts in zip(ids, hashes, ts_in)]})
+
+
+def encode_joins(clusters: np.ndarray, counts: np.ndarray, ts: float) -> bytes:
+    """Join counts per cluster id (both int64 arrays of one length) at time ``ts``."""
+    clusters, counts = np.asarray(clusters, dtype="<i8"), np.asarray(counts, dtype="<i8")
+    if clusters.shape != counts.shape or clusters.ndim != 1:
+        raise ValueError(f"clusters {clusters.shape} and counts {counts.shape} must be 1-D of one length")
+    return msgpack.packb({"clusters": clusters.tobytes(), "counts": counts.tobytes(), "ts": float(ts)})
+
+
+def decode_joins(value: bytes | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(clusters, counts, ts)`` of a join-counts event; ValueError naming the field if it is not one."""
+    obj = _unpack_map(value, "join counts")
+    for name in ("clusters", "counts"):
+        if type(obj.get(name)) is not bytes or len(obj[name]) % 8:
+            raise ValueError(f"join counts field {name!r}: must be binary of int64 values")
+    clusters = np.frombuffer(obj["clusters"], dtype="<i8").astype(np.int64)
+    counts = np.frombuffer(obj["counts"], dtype="<i8").astype(np.int64)
+    if clusters.shape != counts.shape:
+        raise ValueError(f"join counts: {clusters.shape[0]} clusters but {counts.shape[0]} counts")
+    ts = obj.get("ts")
+    if type(ts) not in (int, float) or not math.isfinite(ts):
+        raise ValueError(f"join counts field 'ts': must be a finite number, got {ts!r}")
+    return clusters, counts, float(ts)

@@ -8,11 +8,13 @@ result is frozen: every Kafka client, the Faust app and the core clusterer are b
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from core._validation import check_range
 from core.codes import check_n_bits
 
 ENV_PREFIX = "PHOTOCLUST_"
@@ -22,6 +24,10 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # Username/password mechanisms, which both Faust's aiokafka clients and librdkafka support.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "state_topic", "unjoined_topic", "centers_topic")
+# Every confluent-kafka client logs through this logger instead of writing librdkafka's raw
+# "%3|...|FAIL|..." lines to stderr; the records are handed over from the client's poll()/flush().
+LIBRDKAFKA_LOGGER = logging.getLogger("photoclust.librdkafka")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Settings:
     output_topic: str = "cluster-assignments"
     dlq_topic: str = "photo-hashes.dlq"
     state_topic: str = "photoclust-state"
+    unjoined_topic: str = "photoclust-unjoined"  # join stage -> found stage, one partition
+    centers_topic: str = "photoclust-centers"  # public, compacted: the center blocks
     partitions: int = 1
     processing_guarantee: str = "at_least_once"
     security_protocol: str = "PLAINTEXT"
@@ -56,6 +64,7 @@ class Settings:
     pending_idle_s: float = 60.0  # after this long without events, pending photos become noise (0: never)
     # Worker
     drain_timeout_s: float = 60.0  # on a graceful stop, time allowed to finish the windows already closed
+    restore_timeout_s: float = 300.0  # longest a start may take to rebuild the clusterer; then it exits non-zero
     data_dir: str = "./photoclust-data"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -65,18 +74,14 @@ class Settings:
         check_n_bits(self.n_bits)
         positive = ("partitions", "window_size", "min_cluster_size", "max_iter", "web_port")
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if not 0 < self.new_centers_ratio <= 1:
-            raise ValueError(f"new_centers_ratio={self.new_centers_ratio} must be in (0, 1]")
-        if not 0 <= self.radius <= self.n_bits:
-            raise ValueError(f"radius={self.radius} must be between 0 and n_bits={self.n_bits}")
-        if self.pending_capacity < 0:
-            raise ValueError(f"pending_capacity={self.pending_capacity} must be >= 0")
-        if self.pending_idle_s < 0:
-            raise ValueError(f"pending_idle_s={self.pending_idle_s} must be >= 0")
-        if self.max_wait_s <= 0:
-            raise ValueError(f"max_wait_s={self.max_wait_s} must be > 0")
+            check_range(name, getattr(self, name), 1)
+        # finite: NaN fails no comparison, and these two refused it before (the others accept it)
+        check_range("new_centers_ratio", self.new_centers_ratio, 0, 1, low_open=True, finite=True)
+        check_range("radius", self.radius, 0, ("n_bits", self.n_bits), finite=True)
+        check_range("pending_capacity", self.pending_capacity, 0)
+        check_range("pending_idle_s", self.pending_idle_s, 0)
+        check_range("restore_timeout_s", self.restore_timeout_s, 0, low_open=True)
+        check_range("max_wait_s", self.max_wait_s, 0, low_open=True)
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ValueError(
                 f"processing_guarantee={self.processing_guarantee!r} is not one of {list(PROCESSING_GUARANTEES)}"
@@ -125,6 +130,12 @@ class Settings:
                 values[name] = value
         return cls(**values)
 
+    def with_topic_prefix(self, prefix: str, **changes: Any) -> "Settings":
+        """These settings with every topic (and the app id) named for one run: ``<prefix>.<topic>``."""
+        return self.replace(**{
+            "app_id": f"photoclust-{prefix}", **{name: f"{prefix}.{getattr(self, name)}" for name in TOPIC_FIELDS},
+            **changes})
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
@@ -142,8 +153,9 @@ class Settings:
         return ";".join(f"kafka://{server.strip()}" for server in self.bootstrap_servers.split(",") if server.strip())
 
     def confluent_config(self, **extra: Any) -> dict[str, Any]:
-        """librdkafka configuration for confluent-kafka clients, security settings included."""
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        """librdkafka configuration for confluent-kafka clients, security settings and the
+        :data:`LIBRDKAFKA_LOGGER` included."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
         if self.security_protocol != "PLAINTEXT":
             config["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:

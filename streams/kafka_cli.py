@@ -105,10 +105,13 @@ def broker_status(port: int | None) -> None:
 def worker(**params: Any) -> None:
     """Run the stream processor until SIGINT/SIGTERM."""
     settings = _settings(params)
-    from .app import run_worker
+    from .app import FixedSettingChanged, run_worker
 
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except FixedSettingChanged as e:  # refused before Faust starts: exit 2, never a crash loop
+        raise InputError(str(e)) from None
 
 
 # -- produce / tail / lag ------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     from rich.table import Table
 
     from core.codes import to_bytes
-    from core.metrics import purity
+    from core.purity import purity
 
     from .kafka_io import consumer_lag, ensure_topics, produce_photos
 
@@ -313,9 +316,8 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
             # broker.sh prints the address it listens on last (PHOTOCLUST_KAFKA_PORT may move it off 19092)
             base = base.replace(bootstrap_servers=status.stdout.strip().splitlines()[-1])
         web_port = _free_port()
-        settings = base.replace(
-            app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes", output_topic=f"{run}.cluster-assignments",
-            dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state", window_size=window_size,
+        settings = base.with_topic_prefix(
+            run, window_size=window_size,
             max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), web_port=web_port, seed=seed,
         )
         ensure_topics(settings)

@@ -18,12 +18,24 @@ from .config import Settings
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Create the worker's topics if they do not exist (compacted state topic, 1 replica)."""
+    """Create the worker's topics if they do not exist (1 replica): the input and assignment topics
+    with ``partitions`` partitions; the dead-letter and unjoined topics with one; the centers and
+    state topics with one, compacted (the newest record of each key is kept forever)."""
     admin = AdminClient(settings.confluent_config())
+    try:
+        _create_missing_topics(admin, settings, timeout)
+    finally:
+        admin.poll(0)  # hand librdkafka's queued log lines (why a connection failed) to Python logging
+
+
+def _create_missing_topics(admin: AdminClient, settings: Settings, timeout: float) -> None:
     wanted = [
         NewTopic(settings.input_topic, settings.partitions, 1),
         NewTopic(settings.output_topic, settings.partitions, 1),
         NewTopic(settings.dlq_topic, 1, 1),
+        # One partition: Kafka gives it to exactly one worker of the group, the founder.
+        NewTopic(settings.unjoined_topic, 1, 1),
+        NewTopic(settings.centers_topic, 1, 1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.state_topic, 1, 1, config={"cleanup.policy": "compact"}),
     ]
     existing = admin.list_topics(timeout=timeout).topics
@@ -36,6 +48,105 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         except KafkaException as e:
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+
+
+def latest_value(settings: Settings, topic: str, key: bytes, timeout: float = 30.0) -> bytes | None:
+    """The newest committed value of ``key`` in partition 0 of ``topic`` (None: no such record).
+
+    Reads backwards in growing steps from the end, so that finding a record written near the end
+    (the state's ``meta``, written last by every window) does not read the whole topic.
+    """
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"{settings.app_id}-latest-value", "enable.auto.commit": False,
+        "enable.partition.eof": True, "isolation.level": "read_committed"}))
+    try:
+        low, end = watermarks(consumer, TopicPartition(topic, 0), timeout)
+        step = 256
+        while end > low:
+            start = max(low, end - step)
+            consumer.assign([TopicPartition(topic, 0, start)])
+            found = None
+            deadline = time.monotonic() + timeout
+            while True:
+                message = consumer.poll(max(0.0, deadline - time.monotonic()))
+                if message is None:
+                    raise TimeoutError(f"reading {topic} from offset {start} took longer than {timeout:g} s")
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        break
+                    raise KafkaException(message.error())
+                if message.offset() >= end:
+                    break
+                if message.key() == key:
+                    found = message.value()
+            if found is not None:
+                return found
+            end, step = start, step * 4
+        return None
+    finally:
+        consumer.close()
+
+
+_LEADER_ELECTION = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks, waiting out a leader election (a topic created a moment ago)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as e:
+            if e.args[0].code() not in _LEADER_ELECTION or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def watermarks_of(settings: Settings, topic: str, timeout: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks of partition 0 of ``topic``."""
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"{settings.app_id}-watermarks"}))
+    try:
+        return watermarks(consumer, TopicPartition(topic, 0), timeout)
+    finally:
+        consumer.close()
+
+
+def catch_up(settings: Settings, store: Any, topic: str, timeout: float = 300.0, batch: int = 1000) -> int:
+    """Read partition 0 of ``topic`` from the offset ``store`` holds to its end into ``store``
+    (a :class:`streams.store.LocalStore`); returns the records read. Committed records only."""
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"{settings.app_id}-catch-up", "enable.auto.commit": False,
+        "enable.partition.eof": True, "isolation.level": "read_committed"}))
+    deadline = time.monotonic() + timeout
+    try:
+        tp = TopicPartition(topic, 0)
+        low, high = watermarks(consumer, tp, timeout)
+        position = max(store.next_offset(topic), low)  # records below low were compacted or deleted
+        if position >= high:
+            return 0
+        consumer.assign([TopicPartition(topic, 0, position)])
+        n_read = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} from offset {position} took longer than {timeout:g} s")
+            records, at_end = [], False
+            for message in consumer.consume(batch, 1.0):
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    at_end, position = True, max(position, message.offset())
+                    continue
+                records.append((message.key(), message.value()))
+                position = message.offset() + 1
+            if records or at_end:
+                store.apply(topic, records, position)
+                n_read += len(records)
+            if at_end:
+                return n_read
+    finally:
+        consumer.close()
 
 
 class DeliveryTracker:
@@ -210,6 +321,9 @@ class LagProbe:
             "isolation.level": "read_uncommitted"}))
 
     def rows(self) -> list[PartitionLag]:
+        # librdkafka's log lines (of earlier calls too) wait in a queue that only poll() hands to
+        # Python logging, and this consumer, subscribed to nothing, never polls otherwise
+        self.consumer.poll(0)
         metadata = self.consumer.list_topics(timeout=self.timeout)
         partitions = []
         for topic in self.topics:

@@ -114,6 +114,28 @@ def n_pending_chunks(records: list[Record]) -> int:
     return msgpack.unpackb(records[-1][1])["n_pending_chunks"]
 
 
+# Settings a restart may change: a restored clusterer takes the new value. ``n_bits`` cannot
+# change (the stored centers have the old width); the seed stays the stored one, so that window
+# w's Bk-means start does not depend on restarts.
+CHANGEABLE_PARAMS = ("window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
+                     "max_iter")
+FIXED_PARAMS = ("n_bits",)
+
+
+def stored_params(raw_meta: bytes | None) -> dict[str, Any] | None:
+    """The clusterer parameters a stored ``meta`` record holds (None without state)."""
+    if raw_meta is None:
+        return None
+    meta = msgpack.unpackb(raw_meta)
+    return {name: meta[name] for name in _PARAMS if name in meta}
+
+
+def param_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any],
+                  names: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """``(name, stored value, wanted value)`` for each of ``names`` whose value differs."""
+    return [(name, stored.get(name), wanted[name]) for name in names if stored.get(name) != wanted[name]]
+
+
 def stored_input_positions(get: Mapping[bytes, bytes] | Any) -> dict[tuple[str, int], int]:
     """The input positions the stored state reflects (empty without state)."""
     raw_meta = get.get(META_KEY)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,11 +27,16 @@ from core.warmup import warm_up
 
 from .codecs import MAX_DLQ_VALUE_BYTES, PhotoDecoder, encode_assignments, encode_dlq
 from .config import Settings
-from .metrics import resident_memory_bytes
+from .input_order import InputOrderGuard
+from .exposition import resident_memory_bytes
 from .state import (
     CENTERS_PREFIX,
+    CHANGEABLE_PARAMS,
+    FIXED_PARAMS,
+    PENDING_CHUNK,
     cluster_record,
     n_pending_chunks,
+    param_changes,
     restore_clusterer,
     stale_pending_keys,
     state_records,
@@ -37,6 +44,15 @@ from .state import (
 )
 
 log = logging.getLogger("photoclust.window")
+CRASH_GRACE_S = 20.0
+EXIT_CRASHED = 1
+
+
+def _exit_now(reason: Exception) -> None:
+    log.critical("event=crash_exit reason=%r action='orderly stop took longer than %gs: exit now'", str(reason),
+                 CRASH_GRACE_S)
+    logging.shutdown()
+    os._exit(EXIT_CRASHED)
 
 
 @dataclass
@@ -47,6 +63,11 @@ class Window:
     hashes: list[bytes] = field(default_factory=list)
     ts_in: list[float] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)
+    # One record per bad event, sent and acknowledged with the window's outcomes before its
+    # offsets are committed: a dead letter the broker refused never lets the commit pass its event.
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    bad_events: int = 0  # events rejected whole
+    bad_rows: int = 0  # rejected rows of batch events
     opened: float = 0.0  # monotonic time of the first message
     flush_pending: bool = False  # an idle stream's pending pool is declared noise
 
@@ -57,13 +78,9 @@ class Window:
 class ClusteringWorker:
     """Owns the core clusterer and the current window; the agents only call into it."""
 
-    def __init__(self, settings: Settings, app: Any, output_topic: Any, dlq_topic: Any, state_topic: Any,
-                 tables: tuple[Any, Any]) -> None:
+    def __init__(self, settings: Settings, app: Any, tables: tuple[Any, Any]) -> None:
         self.settings = settings
         self.app = app
-        self.output_topic = output_topic
-        self.dlq_topic = dlq_topic
-        self.state_topic = state_topic
         self.centers_table, self.clusterer_table = tables
         self.decoder = PhotoDecoder(n_bits=settings.n_bits)
         self.clusterer: OnlineClusterer | None = None
@@ -80,11 +97,7 @@ class ClusteringWorker:
         self._pending_chunks = 0
         self._stopping = False
         self._input_positions: dict[tuple[str, int], int] = {}  # next offset per input partition, in the state
-        # Next input offset the window takes, per partition, and the partitions being re-fetched after
-        # Faust lost events ([highest offset seen since the seek, offset the last re-fetch began with]):
-        # see _in_sequence.
-        self._next_offset: dict[tuple[str, int], int] = {}
-        self._refetching: dict[tuple[str, int], list[int]] = {}
+        self._input_order: InputOrderGuard | None = None  # built on first use: Faust's consumer exists by then
         self._dead_letters_logged = 0
         self._cluster_task: asyncio.Task | None = None
         self._lag_probe: Any = None
@@ -97,7 +110,26 @@ class ClusteringWorker:
 
     # -- start-up ---------------------------------------------------------------------------------
     async def restore(self) -> None:
-        """Wait until the tables hold every state record, then rebuild the clusterer from them."""
+        """Rebuild the clusterer from the tables (off the event loop), then start clustering.
+
+        A restore that fails or takes longer than ``restore_timeout_s`` (broker away, inconsistent
+        state) crashes the worker with the reason in its log, so that it exits non-zero and its
+        supervisor restarts it; until clustering runs, /health answers 503.
+        """
+        timeout = self.settings.restore_timeout_s
+        try:
+            await asyncio.wait_for(self._restore(), timeout=timeout)
+        except Exception as e:
+            reason = f"not done within restore_timeout_s={timeout:g}" if isinstance(e, asyncio.TimeoutError) else repr(e)
+            log.error("event=restore_failed action=exit reason=%r", reason)
+            await self._crash(RuntimeError(f"restore failed: {reason}"))
+            return
+        self._queue = asyncio.Queue(maxsize=1)
+        self._last_event = time.monotonic()
+        self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
+        self._ready.set()
+
+    async def _restore(self) -> None:
         loop = asyncio.get_running_loop()
         # Compile or load the Numba kernels now, not inside the first window.
         await loop.run_in_executor(self._executor, warm_up, self.settings.n_bits)
@@ -105,29 +137,49 @@ class ClusteringWorker:
         last_record = await loop.run_in_executor(None, self._last_state_record_offset)
         while self._state_applied < last_record:
             await asyncio.sleep(0.1)
+        # Millions of centers take seconds to decode and index: never on the event loop, which
+        # must keep answering heartbeats and the web port meanwhile.
+        self.clusterer, self._input_positions = await loop.run_in_executor(self._executor, self._rebuild)
+        self._pending_chunks = (self.clusterer.n_pending_ + PENDING_CHUNK - 1) // PENDING_CHUNK
+        log.info("event=state_restored clusters=%d pending=%d windows=%d", self.clusterer.n_clusters_,
+                 self.clusterer.n_pending_, self.clusterer.n_windows_)
+
+    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], int]]:
+        """The clusterer of the stored state with this worker's settings, and the input positions
+        the state reflects (events below them are in the state already: skipped, not re-clustered)."""
         tables = _TableView(self.centers_table, self.clusterer_table)
         restored = restore_clusterer(tables)
-        # Events below these offsets are already in the restored state (their window's state was
-        # written, its offsets not yet committed when the last worker died): skip, do not re-cluster.
-        self._input_positions = stored_input_positions(tables)
-        self.clusterer = restored if restored is not None else self._new_clusterer()
-        if restored is not None:
-            self._pending_chunks = (restored.n_pending_ + 4095) // 4096
-        log.info("event=state_restored clusters=%d pending=%d windows=%d",
-                 self.clusterer.n_clusters_ if restored else 0, restored.n_pending_ if restored else 0,
-                 restored.n_windows_ if restored else 0)
-        self._queue = asyncio.Queue(maxsize=1)
-        self._last_event = time.monotonic()
-        self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
-        self._ready.set()
+        wanted = self._clusterer_params()
+        if restored is None:
+            return OnlineClusterer(**wanted), {}
+        stored = {name: getattr(restored, name) for name in wanted}
+        refused = param_changes(stored, wanted, FIXED_PARAMS)
+        if refused:  # run_worker refuses this before the worker starts; a state that changed since is caught here
+            raise ValueError("; ".join(f"{name}={new} differs from the stored state's {name}={old}"
+                                       for name, old, new in refused))
+        for name, old, new in param_changes(stored, wanted, CHANGEABLE_PARAMS):
+            log.info("event=setting_changed name=%s stored=%r new=%r", name, old, new)
+            setattr(restored, name, new)
+        return restored, stored_input_positions(tables)
 
-    def _new_clusterer(self) -> OnlineClusterer:
+    async def _crash(self, reason: Exception) -> None:
+        """Stop the worker with a non-zero exit code, so that its supervisor restarts it.
+
+        Faust's stop after a crash was seen to hang in its consumer's shutdown (after a failed
+        restore), leaving a process that neither clusters nor exits: a watchdog ends the process
+        if the orderly stop takes longer than ``CRASH_GRACE_S``.
+        """
+        watchdog = threading.Timer(CRASH_GRACE_S, _exit_now, args=(reason,))
+        watchdog.daemon = True
+        watchdog.start()
+        await self.app.crash(reason)
+
+    def _clusterer_params(self) -> dict[str, Any]:
         s = self.settings
-        return OnlineClusterer(
-            n_bits=s.n_bits, window_size=s.window_size + self.decoder.max_batch_rows,
-            new_centers_ratio=s.new_centers_ratio, radius=s.radius, min_cluster_size=s.min_cluster_size,
-            pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed,
-        )
+        # A window may overshoot window_size by one batch event, which is never split.
+        return dict(n_bits=s.n_bits, window_size=s.window_size + self.decoder.max_batch_rows,
+                    new_centers_ratio=s.new_centers_ratio, radius=s.radius, min_cluster_size=s.min_cluster_size,
+                    pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed)
 
     def _last_state_record_offset(self) -> int:
         """Offset of the last committed state record the tables have yet to apply (-1: none).
@@ -159,6 +211,12 @@ class ClusteringWorker:
         finally:
             consumer.close()
 
+    @property
+    def input_order(self) -> InputOrderGuard:
+        if self._input_order is None:
+            self._input_order = InputOrderGuard(self.app.consumer)
+        return self._input_order
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -168,8 +226,9 @@ class ClusteringWorker:
         return self._ready.is_set() and self._cluster_task is not None and not self._cluster_task.done()
 
     def clustering_alive(self) -> bool:
-        """False once the coroutine that clusters windows has died (liveness)."""
-        return self._cluster_task is None or not self._cluster_task.done()
+        """True while the coroutine that clusters windows runs: not before the restore is done,
+        nor after it died (liveness)."""
+        return self._cluster_task is not None and not self._cluster_task.done()
 
     # -- stopping -----------------------------------------------------------------------------------
     async def drain(self, timeout: float) -> bool:
@@ -207,7 +266,7 @@ class ClusteringWorker:
 
     def on_rebalance(self, assigned: Any) -> None:
         self.counters["rebalances"] += 1
-        self._refetching.clear()  # Faust seeks every assigned partition to its committed offset
+        self.input_order.on_rebalance()
         log.info("event=rebalance assigned=%s", ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
     # -- state records ------------------------------------------------------------------------------
@@ -227,7 +286,7 @@ class ClusteringWorker:
         self._last_event = time.monotonic()
         for event in events:
             message = event.message
-            if not await self._in_sequence(message):
+            if not await self.input_order.accept(message):
                 continue
             self.counters["events_in"] += 1
             if message.offset < self._input_positions.get((message.topic, message.partition), -1):
@@ -235,15 +294,12 @@ class ClusteringWorker:
                 self.counters["replays_skipped"] += 1
                 continue
             decoded = self.decoder.decode(message.value, message.key)
-            for row, reason in decoded.errors:
-                await self._dead_letter(message, row, reason)
-            # Only now take the window: while a dead letter was being sent, the timer may have
-            # closed the previous one, and this message and its rows must not join a window
-            # that is already being clustered.
             window = self.window
             if not window.messages:
                 window.opened = time.monotonic()
             window.messages.append(message)
+            if decoded.errors:
+                self._add_dead_letter(window, message, decoded.errors)
             if decoded.ids:
                 default_ts = message.timestamp or time.time()
                 window.ids.extend(decoded.ids)
@@ -252,64 +308,6 @@ class ClusteringWorker:
                 if len(window) >= self.settings.window_size and not self._stopping:
                     await self._close_window()
         self._last_event = time.monotonic()
-
-    async def _in_sequence(self, message: Any) -> bool:
-        """True if ``message`` is the next offset of its partition; otherwise it is dropped unacked.
-
-        Faust (0.15.3) can hand the agent a partition's events with a gap after a (re)assignment:
-        ``Recovery.on_recovery_completed`` resumes the input partitions *before* it awaits
-        ``perform_seek()``, so the running fetcher delivers the first records (from the committed
-        offset on) into the agent's queue, and ``flow_control.resume()`` then clears that queue; the
-        re-fetch that follows the seek is dropped by the consumer, whose read offset the rest of the
-        stale batch had already moved past (all but its last record, delivered twice). The first
-        events after the committed offset never reached the agent, and acking the later ones let
-        Faust commit past them (its ``_new_offset`` accepts a gap of one), or stall its commits (a
-        larger gap: no window's outcomes ever became visible with exactly_once).
-
-        So the window takes each partition's events strictly in offset order, starting at the
-        committed offset: an offset already taken (a duplicate delivery) is skipped, and a gap
-        seeks the partition back to the missing offset and drops what comes until it arrives. A
-        record delivered twice means the re-fetch was dropped again: seek again. A gap that two
-        re-fetches in a row begin at the same record is real (transaction markers, aborted or
-        compacted records hold no event): it is accepted.
-        """
-        key, offset = (message.topic, message.partition), message.offset
-        committed = self.app.consumer._committed_offset.get(message.tp)
-        expected = self._next_offset.get(key)
-        if expected is None:
-            # A group with no committed offset starts at the log start (consumer_auto_offset_reset).
-            if committed is None:
-                committed = (await self.app.consumer.earliest_offsets(message.tp)).get(message.tp)
-            expected = committed if committed is not None else offset
-        elif committed is not None and committed > expected:  # another worker took the events in between
-            expected = committed
-        if offset == expected:
-            self._next_offset[key] = offset + 1
-            self._refetching.pop(key, None)
-            return True
-        if offset < expected:
-            log.debug("event=input_redelivered topic=%s partition=%d offset=%d next=%d",
-                      message.topic, message.partition, offset, expected)
-            return False
-        refetch = self._refetching.get(key)
-        if refetch is not None and offset > refetch[0]:  # events after the gap, fetched before the seek
-            refetch[0] = offset
-            return False
-        if refetch is not None and offset == refetch[1]:  # no record between expected and offset
-            log.info("event=input_gap_confirmed topic=%s partition=%d offsets=%d-%d",
-                     message.topic, message.partition, expected, offset - 1)
-            self._next_offset[key] = offset + 1
-            self._refetching.pop(key, None)
-            return True
-        self._refetching[key] = [offset, offset if refetch is not None else -1]
-        log.warning("event=input_gap topic=%s partition=%d offset=%d expected=%d action=seek%s",
-                    message.topic, message.partition, offset, expected, "" if refetch is None else " again")
-        try:
-            await self.app.consumer.seek_wait({message.tp: expected})
-        except Exception as e:  # e.g. the partition was revoked meanwhile: its new owner starts at the commit
-            log.warning("event=input_seek_failed topic=%s partition=%d error=%r", message.topic, message.partition, e)
-            self._refetching.pop(key, None)
-        return False
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
@@ -336,24 +334,32 @@ class ClusteringWorker:
         await self._queue.put(window)
         self._last_event = time.monotonic()
 
-    async def _dead_letter(self, message: Any, row: int | None, reason: str) -> None:
-        value = encode_dlq(reason, row, message.topic, message.partition, message.offset, message.key, message.value)
+    @staticmethod
+    def _add_dead_letter(window: Window, message: Any, errors: list[tuple[int | None, str]]) -> None:
+        value = encode_dlq(errors, message.topic, message.partition, message.offset, message.key, message.value)
         # The record carries the original key (cut, with its size); the Kafka key is cut too, or a
         # multi-megabyte key would exceed the producer's request size and crash the agent.
         key = message.key[:MAX_DLQ_VALUE_BYTES] if message.key is not None else None
-        if self.settings.processing_guarantee == "exactly_once":
-            await self._send_all(self.settings.dlq_topic, [(key, value)])
-        else:
-            await self.dlq_topic.send(key=key, value=value)
-        self.counters["dlq_rows" if row is not None else "dlq_events"] += 1
-        log.debug("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        window.dead_letters.append((key, value))
+        bad_rows = sum(1 for row, _ in errors if row is not None)
+        window.bad_rows += bad_rows
+        window.bad_events += 0 if bad_rows else 1
+        log.debug("dead-lettered %s[%d]@%d: %d problem(s), first: %s", message.topic, message.partition,
+                  message.offset, len(errors), errors[0][1])
 
     async def _cluster_windows(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
             window = await self._queue.get()
+            # The commit sequence of a window: its dead letters, outcomes and state records are
+            # sent and acknowledged by the broker (any refusal raises), and only then are its input
+            # offsets acked and committed (with exactly_once, all of it is one transaction).
             try:
+                if window.dead_letters:
+                    await self._send_all(self.settings.dlq_topic, window.dead_letters)
+                    self.counters["dlq_events"] += window.bad_events
+                    self.counters["dlq_rows"] += window.bad_rows
                 if window.flush_pending and self.clusterer.n_pending_:
                     result = await loop.run_in_executor(self._executor, self.clusterer.flush, time.time())
                     await self._publish(result, np.zeros(0))
@@ -382,7 +388,7 @@ class ClusteringWorker:
                     self._last_event = time.monotonic()
             except Exception:  # a failed window must not be acked: crash so it is redelivered
                 log.exception("event=window_failed action=crash reason='its photos are redelivered after a restart'")
-                await self.app.crash(RuntimeError("window failed"))
+                await self._crash(RuntimeError("window failed"))
                 raise
 
     async def _publish(self, result: WindowResult, ts_in_new: np.ndarray) -> None:
@@ -461,6 +467,9 @@ class ClusteringWorker:
             "clusters": clusterer.n_clusters_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
             "pending": clusterer.n_pending_ if clusterer is not None and hasattr(clusterer, "n_bits_") else 0,
             "window_fill": len(self.window),
+            # What the clusterer runs with: the settings, also after a restart that changed them.
+            "clustering": ({name: getattr(clusterer, name) for name in (*FIXED_PARAMS, *CHANGEABLE_PARAMS)}
+                           if clusterer is not None else None),
         }
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from core.codes import from_bytes, from_hex
 from core.online import Outcome
 from streams.codecs import (
+    MAX_DLQ_REASONS,
     MAX_DLQ_VALUE_BYTES,
     DecodeResult,
     PhotoDecoder,
@@ -519,10 +520,12 @@ def test_decode_assignment_rejects_garbage():
 
 def test_dlq_round_trip():
     value = b"\xc1garbage"
-    record = decode_dlq(encode_dlq("not valid msgpack: x", None, "photo-hashes", 3, 12345, b"k1", value))
+    record = decode_dlq(encode_dlq([(None, "not valid msgpack: x")], "photo-hashes", 3, 12345, b"k1", value))
     assert record == {
         "reason": "not valid msgpack: x",
         "row": None,
+        "bad_rows": 0,
+        "reasons": [[None, "not valid msgpack: x"]],
         "topic": "photo-hashes",
         "partition": 3,
         "offset": 12345,
@@ -531,33 +534,57 @@ def test_dlq_round_trip():
         "key_truncated": False,
         "value_truncated": False,
     }
-    record = decode_dlq(encode_dlq("row 2: field 'id': id is empty", 2, "t", 0, 0, None, None))
-    assert record["row"] == 2 and record["key"] is None and record["value"] is None
+    record = decode_dlq(encode_dlq([(2, "row 2: field 'id': id is empty")], "t", 0, 0, None, None))
+    assert record["row"] == 2 and record["bad_rows"] == 1 and record["key"] is None and record["value"] is None
+
+
+def test_dlq_is_one_bounded_record_per_event():
+    """100,000 bad rows give one record that counts them all and lists the first few reasons."""
+    errors = [(row, f"row {row}: field 'id': missing") for row in range(100_000)]
+    value = msgpack.packb({"batch": [None] * 100_000})
+    raw = encode_dlq(errors, "t", 0, 7, b"k", value)
+    assert len(raw) < MAX_DLQ_VALUE_BYTES + MAX_DLQ_REASONS * 5000
+    record = decode_dlq(raw)
+    assert record["bad_rows"] == 100_000
+    assert record["reasons"] == [[row, f"row {row}: field 'id': missing"] for row in range(MAX_DLQ_REASONS)]
+    assert (record["row"], record["reason"]) == (0, "row 0: field 'id': missing")
+    long_reason = decode_dlq(encode_dlq([(None, "x" * 10_000)], "t", 0, 7, None, None))
+    assert len(long_reason["reason"]) == 4096 and len(long_reason["reasons"][0][1]) == 4096
+
+
+def test_dlq_reads_records_of_one_problem_each():
+    """Dead letters written before one record per event had no ``reasons``/``bad_rows``."""
+    old = msgpack.packb({"reason": "row 3: bad", "row": 3, "topic": "t", "partition": 0, "offset": 1,
+                         "key": None, "value": None})
+    record = decode_dlq(old)
+    assert record["reasons"] == [[3, "row 3: bad"]] and record["bad_rows"] == 1
 
 
 def test_dlq_truncates_large_values():
     value = bytes(range(256)) * 1000  # 256,000 bytes
-    raw = encode_dlq("event of 256,000 bytes exceeds ...", None, "t", 0, 7, b"k", value)
+    raw = encode_dlq([(None, "event of 256,000 bytes exceeds ...")], "t", 0, 7, b"k", value)
     assert len(raw) < MAX_DLQ_VALUE_BYTES + 1024
     record = msgpack.unpackb(raw)
     assert record["value"] == value[:MAX_DLQ_VALUE_BYTES]
     assert record["value_truncated"] is True and record["value_size"] == 256_000
     assert "key_truncated" not in record  # flags only when truncated
-    exact = msgpack.unpackb(encode_dlq("r", None, "t", 0, 7, None, value[:MAX_DLQ_VALUE_BYTES]))
+    exact = msgpack.unpackb(encode_dlq([(None, "r")], "t", 0, 7, None, value[:MAX_DLQ_VALUE_BYTES]))
     assert "value_truncated" not in exact and len(exact["value"]) == MAX_DLQ_VALUE_BYTES
-    big_key = decode_dlq(encode_dlq("r", None, "t", 0, 7, b"k" * 70_000, b"v"))
+    big_key = decode_dlq(encode_dlq([(None, "r")], "t", 0, 7, b"k" * 70_000, b"v"))
     assert big_key["key_truncated"] is True and big_key["key_size"] == 70_000
-    small = decode_dlq(encode_dlq("r", None, "t", 0, 7, None, b"0123456789", max_value_bytes=4))
+    small = decode_dlq(encode_dlq([(None, "r")], "t", 0, 7, None, b"0123456789", max_value_bytes=4))
     assert small["value"] == b"0123" and small["value_size"] == 10
 
 
 def test_dlq_checks_arguments():
     with pytest.raises(TypeError, match="reason must be a str"):
-        encode_dlq(None, None, "t", 0, 0, None, b"")
+        encode_dlq([(None, None)], "t", 0, 0, None, b"")
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        encode_dlq([], "t", 0, 0, None, b"")
     with pytest.raises(TypeError, match="offset must be an integer"):
-        encode_dlq("r", None, "t", 0, "5", None, b"")
+        encode_dlq([(None, "r")], "t", 0, "5", None, b"")
     with pytest.raises(ValueError, match="row=-1"):
-        encode_dlq("r", -1, "t", 0, 0, None, b"")
+        encode_dlq([(-1, "r")], "t", 0, 0, None, b"")
     with pytest.raises(ValueError, match="lacks field"):
         decode_dlq(msgpack.packb({"reason": "r"}))
 

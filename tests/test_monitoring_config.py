@@ -1,5 +1,5 @@
 """deploy/monitoring/ agrees with the worker: every PromQL expression of the Grafana dashboard and
-the alert rules names only metrics of ``streams.metrics.METRICS`` (plus Prometheus' ``up``), the
+the alert rules names only metrics of ``streams.exposition.METRICS`` (plus Prometheus' ``up``), the
 dashboard shows the key metrics, and the Prometheus / Grafana / compose wiring points at files that
 exist. No broker, no PyYAML (not a dependency): the YAML files are read with regular expressions.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.config import Settings
-from streams.metrics import METRICS
+from streams.exposition import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "deploy" / "monitoring"
@@ -143,7 +143,7 @@ def test_dashboard_exprs_use_only_declared_metrics():
     exprs = dashboard_exprs()
     assert len(exprs) >= 15
     bad = {(title, expr): sorted(unknown_names(expr)) for title, expr in exprs if unknown_names(expr)}
-    assert not bad, f"dashboard queries name metrics that streams.metrics.METRICS does not declare: {bad}"
+    assert not bad, f"dashboard queries name metrics that streams.exposition.METRICS does not declare: {bad}"
     for title, expr in exprs:
         assert promql_metric_names(expr), f"{title}: no metric in {expr!r}"
     for var in dashboard()["templating"]["list"]:
@@ -172,7 +172,7 @@ def test_alert_exprs_use_only_declared_metrics():
     assert len(exprs) == len(names) >= 5
     assert len(set(names)) == len(names), "duplicate alert names"
     bad = {expr: sorted(unknown_names(expr)) for expr in exprs if unknown_names(expr)}
-    assert not bad, f"alert rules name metrics that streams.metrics.METRICS does not declare: {bad}"
+    assert not bad, f"alert rules name metrics that streams.exposition.METRICS does not declare: {bad}"
     used = set().union(*(promql_metric_names(expr) for expr in exprs))
     assert {"up", "photoclust_ready", "photoclust_consumer_lag", "photoclust_dead_letters_total",
             "photoclust_last_window_seconds"} <= used

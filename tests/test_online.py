@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.hamming import paired_distances
-from core.metrics import purity
+from core.purity import purity
 from core.online import OnlineClusterer, Outcome, WindowResult
 from core.synth import planted_codes
 

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaException, Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from streams.app import _credentials, create_app
-from streams.config import SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings
+from streams.config import LIBRDKAFKA_LOGGER, SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings
 
 STREAMS = Path(__file__).resolve().parents[1] / "streams"
 PASSWORD = "s3cr3t-Hunter2-9f1c"
@@ -182,13 +182,14 @@ def test_secrets_are_masked_in_redacted_and_repr() -> None:
 
 def test_plaintext_confluent_config_has_no_security_keys() -> None:
     config = Settings(bootstrap_servers="a:1,b:2").confluent_config(**{"group.id": "g"})
-    assert config == {"bootstrap.servers": "a:1,b:2", "group.id": "g"}
+    assert config == {"bootstrap.servers": "a:1,b:2", "logger": LIBRDKAFKA_LOGGER, "group.id": "g"}
 
 
 def test_sasl_reaches_confluent_config() -> None:
     config = Settings(bootstrap_servers="b:1", **SASL).confluent_config(**{"acks": "all"})
-    assert config == {"bootstrap.servers": "b:1", "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                      "sasl.username": "photoclust", "sasl.password": PASSWORD, "acks": "all"}
+    assert config == {"bootstrap.servers": "b:1", "logger": LIBRDKAFKA_LOGGER, "security.protocol": "SASL_PLAINTEXT",
+                      "sasl.mechanism": "PLAIN", "sasl.username": "photoclust", "sasl.password": PASSWORD,
+                      "acks": "all"}
 
 
 def test_ssl_reaches_confluent_config(tls_files: dict[str, str]) -> None:

@@ -126,7 +126,7 @@ def test_bernoulli_words_exact_for_dyadic_and_tiny_probabilities():
         ({"n_clusters": True}, TypeError, "n_clusters=True must be an integer"),
         ({"n_clusters": 11}, ValueError, "n_clusters=11 exceeds n_samples=10"),
         ({"n_bits": 100}, ValueError, r"n_bits=100 is not supported; choose one of \(64, 128, 256, 512\)"),
-        ({"flip_prob": 1.5}, ValueError, r"flip_prob=1.5 must be a probability in \[0, 1\]"),
+        ({"flip_prob": 1.5}, ValueError, r"flip_prob=1.5 must be between 0 and 1"),
         ({"flip_prob": -0.1}, ValueError, "flip_prob=-0.1"),
         ({"flip_prob": float("nan")}, ValueError, "flip_prob=nan"),
         ({"flip_prob": "0.1"}, TypeError, "flip_prob='0.1'"),

@@ -73,7 +73,7 @@ def produce_backlog(topic: str, n_events: int) -> None:
     from streams.config import Settings
     from streams.kafka_io import RecordPublisher
 
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient(Settings(bootstrap_servers=BOOTSTRAP).confluent_config())
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
     value = os.urandom(90)
     RecordPublisher(Settings(bootstrap_servers=BOOTSTRAP)).publish(

@@ -501,10 +501,8 @@ def run_worker_mode(args: argparse.Namespace) -> dict[str, Any]:
 
     run = f"soak-{uuid.uuid4().hex[:10]}"
     workdir = Path(args.workdir)
-    settings = Settings(
-        bootstrap_servers=args.bootstrap, app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes",
-        output_topic=f"{run}.cluster-assignments", dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state",
-        window_size=args.window, max_wait_s=args.max_wait_s, pending_idle_s=0.0,
+    settings = Settings().with_topic_prefix(
+        run, bootstrap_servers=args.bootstrap, window_size=args.window, max_wait_s=args.max_wait_s, pending_idle_s=0.0,
         new_centers_ratio=args.new_centers_ratio, radius=args.radius, min_cluster_size=args.min_cluster_size,
         pending_capacity=args.pending_capacity, max_iter=args.max_iter, seed=args.seed,
         data_dir=str(workdir / run), web_port=ks.free_port(), log_level="info",

@@ -234,10 +234,8 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def run_settings(args: argparse.Namespace, tag: str, window: int, max_wait_s: float) -> Settings:
     run = f"bench-{tag}-{uuid.uuid4().hex[:10]}"
-    return Settings(
-        bootstrap_servers=args.bootstrap, app_id=f"photoclust-{run}", input_topic=f"{run}.photo-hashes",
-        output_topic=f"{run}.cluster-assignments", dlq_topic=f"{run}.photo-hashes.dlq", state_topic=f"{run}.state",
-        window_size=window, max_wait_s=max_wait_s, pending_idle_s=0.0,
+    return Settings().with_topic_prefix(
+        run, bootstrap_servers=args.bootstrap, window_size=window, max_wait_s=max_wait_s, pending_idle_s=0.0,
         data_dir=str(Path(args.workdir) / run), web_port=ks.free_port(), seed=args.seed, log_level="info",
     )
 

@@ -44,11 +44,6 @@ def unique_settings(bootstrap: str, data_dir: Path, **overrides: Any) -> Setting
     run = f"it-{uuid.uuid4().hex[:12]}"
     values: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
-        app_id=f"photoclust-{run}",
-        input_topic=f"{run}.photo-hashes",
-        output_topic=f"{run}.cluster-assignments",
-        dlq_topic=f"{run}.photo-hashes.dlq",
-        state_topic=f"{run}.state",
         window_size=5000,
         max_wait_s=1.0,
         pending_idle_s=2.0,
@@ -57,7 +52,7 @@ def unique_settings(bootstrap: str, data_dir: Path, **overrides: Any) -> Setting
         log_level="info",
     )
     values.update(overrides)
-    return Settings(**values)
+    return Settings().with_topic_prefix(run, **values)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -202,8 +197,8 @@ def noisy_copies(true_centers: np.ndarray, truth: np.ndarray, flip_prob: float, 
 
 
 def produce_events(settings: Settings, events: Iterable[tuple[bytes | None, bytes | None]],
-                   producer: Producer | None = None) -> list[tuple[int, int]]:
-    """Produce (key, value) events to the input topic in order and wait for every delivery.
+                   producer: Producer | None = None, topic: str | None = None) -> list[tuple[int, int]]:
+    """Produce (key, value) events to the input topic (or ``topic``) in order and wait for every delivery.
 
     Returns the (partition, offset) of each event, in input order.
     """
@@ -221,7 +216,7 @@ def produce_events(settings: Settings, events: Iterable[tuple[bytes | None, byte
 
     n = 0
     for key, value in events:
-        produce_waiting(producer, settings.input_topic, value, key, on_delivery=on_delivery(n))
+        produce_waiting(producer, topic or settings.input_topic, value, key, on_delivery=on_delivery(n))
         producer.poll(0)
         n += 1
     remaining = producer.flush(60)
@@ -358,6 +353,30 @@ class DeadLetterReader(TopicReader):
             for message in self.poll(0.2):
                 self.letters.append(decode_dlq(message.value()))
         return self.letters
+
+
+def centers_history(settings: Settings, timeout: float = 60.0) -> dict[int, str]:
+    """Every center ever published in the centers topic (its whole log, not only what compaction
+    keeps), as hex by cluster id. Raises AssertionError if a cluster id ever had two different codes:
+    cluster ids must never be handed out twice."""
+    from streams.state import decode_center_block
+
+    reader = TopicReader(settings, settings.centers_topic)
+    centers: dict[int, str] = {}
+    conflicts: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not reader.at_end() and time.monotonic() < deadline:
+            for message in reader.poll(0.5):
+                first, codes, _, window = decode_center_block(message.value())
+                for row, code in enumerate(codes):
+                    text = code.astype(">u8").tobytes().hex()
+                    if centers.setdefault(first + row, text) != text:
+                        conflicts.append(f"cluster {first + row}: {centers[first + row]} and, in window {window}, {text}")
+    finally:
+        reader.close()
+    assert not conflicts, f"{len(conflicts)} cluster ids with two centers, e.g. {conflicts[:3]}"
+    return centers
 
 
 def labels_of(result: Assignments, ids: list[str]) -> np.ndarray:

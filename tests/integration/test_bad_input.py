@@ -66,30 +66,33 @@ def test_bad_events_go_to_the_dead_letter_topic(settings_factory, worker_factory
 
     letters_reader, assignments_reader = DeadLetterReader(settings), AssignmentReader(settings)
     try:
-        n_letters = sum(len(problems) for *_, problems in expected)
+        n_letters = len(expected)
         letters = letters_reader.collect(n_letters, timeout=90, workers=[worker])
         result = assignments_reader.collect(ids, timeout=90, workers=[worker])
     finally:
         letters_reader.close()
         assignments_reader.close()
 
-    by_place = {(d["partition"], d["offset"], d["row"]): d for d in letters}
+    by_place = {(d["partition"], d["offset"]): d for d in letters}
     assert len(letters) == n_letters == len(by_place), (
-        f"expected {n_letters} dead letters, got {len(letters)}: {[(d['offset'], d['row'], d['reason']) for d in letters]}")
+        f"expected {n_letters} dead letters, one per bad event, got {len(letters)}: "
+        f"{[(d['offset'], d['reasons']) for d in letters]}")
     for index, key, value, problems in expected:
         partition, offset = placed[index]
-        for row, text in problems:
-            letter = by_place.get((partition, offset, row))
-            assert letter is not None, (f"no dead letter for event {key!r} (partition {partition}, offset {offset}, "
-                                        f"row {row}); got {sorted(by_place)}")
-            assert text in letter["reason"], f"{key!r}: reason {letter['reason']!r} lacks {text!r}"
-            assert letter["topic"] == settings.input_topic, letter["topic"]
-            assert letter["key"] == key, (letter["key"], key)
-            if value is not None and len(value) > 64 * 1024:
-                assert letter["value_truncated"] is True and letter["value_size"] == len(value), key
-                assert letter["value"] == value[:64 * 1024]
-            else:
-                assert letter["value"] == value and not letter["value_truncated"], key
+        letter = by_place.get((partition, offset))
+        assert letter is not None, f"no dead letter for event {key!r} (partition {partition}, offset {offset})"
+        assert [row for row, _ in letter["reasons"]] == [row for row, _ in problems], (key, letter["reasons"])
+        for (row, text), (_, reason) in zip(problems, letter["reasons"]):
+            assert text in reason, f"{key!r} row {row}: reason {reason!r} lacks {text!r}"
+        assert (letter["row"], letter["reason"]) == tuple(letter["reasons"][0]), letter
+        assert letter["bad_rows"] == sum(row is not None for row, _ in problems), letter
+        assert letter["topic"] == settings.input_topic, letter["topic"]
+        assert letter["key"] == key, (letter["key"], key)
+        if value is not None and len(value) > 64 * 1024:
+            assert letter["value_truncated"] is True and letter["value_size"] == len(value), key
+            assert letter["value"] == value[:64 * 1024]
+        else:
+            assert letter["value"] == value and not letter["value_truncated"], key
 
     missing = [i for i in ids if i not in result.final]
     assert not missing, f"{len(missing)} valid photos without an outcome, e.g. {missing[:5]}"

@@ -9,7 +9,7 @@ import pytest
 from kafka_support import OUTCOMES, AssignmentReader, labels_of, photo_events, photo_ids, produce_events, wait_for
 
 from core.codes import to_bytes
-from core.metrics import purity
+from core.purity import purity
 from core.synth import planted_codes
 from streams.kafka_io import consumer_lag
 

@@ -35,7 +35,7 @@ from kafka_support import (
 )
 
 from core.codes import to_bytes
-from core.metrics import purity
+from core.purity import purity
 from core.synth import planted_codes
 from streams.kafka_io import consumer_lag
 from streams.state import META_KEY, cluster_record, restore_clusterer
@@ -103,7 +103,7 @@ def _changelog(settings, table: str) -> dict[bytes, bytes]:
 # exactly_once lost 500 of 40,000 outcomes in 2 of its first 10 runs, to a Faust recovery race
 # (the first events after the committed offset never reached the agent). The worker now takes each
 # partition's events strictly in offset order and seeks back on a gap (its rules are unit-tested
-# in tests/test_window_sequence.py); the race has not recurred in the runs since.
+# in tests/test_input_order.py); the race has not recurred in the runs since.
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])

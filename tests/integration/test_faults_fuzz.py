@@ -3,13 +3,14 @@
 A seeded generator makes malformed events of many kinds (random bytes, truncated msgpack, wrong
 top-level types, missing or wrong-typed fields, wrong hash widths, huge ids, invalid UTF-8, empty
 batches, batches whose rows are partly or all bad, tombstones, nested garbage, oversized events, a
-9 MiB key) and knows for each one, in advance, which dead letters it must produce: one for the
-whole event (``row`` None) or one per bad batch row, each with a substring of its reason. Valid
+9 MiB key) and knows for each one, in advance, the dead letter it must produce: one record per
+malformed event, listing its problems (``row`` None for the whole event, else the bad batch rows,
+the first 16 of them) each with a substring of its reason, and counting its bad rows. Valid
 photos come as single events, batch events, the good rows of mixed batches, and unusual-but-valid
 events (unknown extra fields, hex hashes, timestamps, non-ASCII and 512-byte ids, odd keys).
 
 Checked against a real broker and a worker subprocess (2 input partitions): every expected dead
-letter is in the dead-letter topic (matched by partition, offset and row) with its reason and the
+letter is in the dead-letter topic (matched by partition and offset) with its reasons and the
 original key and value (cut to 64 KiB as the codec does), no other dead letter is there, every
 valid photo has exactly one outcome and no other id has one, the worker stays up and none of its
 agents crashes (its log is watched: Faust restarts a crashed agent in a live process), and its
@@ -30,7 +31,7 @@ from kafka_support import AssignmentReader, DeadLetterReader, make_producer, pro
 
 from core.codes import to_bytes
 from core.synth import planted_codes
-from streams.codecs import MAX_DLQ_VALUE_BYTES, decode_dlq, encode_batch, encode_photo
+from streams.codecs import MAX_DLQ_REASONS, MAX_DLQ_VALUE_BYTES, decode_dlq, encode_batch, encode_photo
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -589,8 +590,8 @@ def test_ten_thousand_malformed_events_in_a_valid_stream(settings_factory, worke
     n_event_letters = sum(1 for e in events for row, _ in e.letters if row is None)
     n_row_letters = sum(1 for e in events for row, _ in e.letters if row is not None)
     n_mixed_good = sum(len(e.good) for e in events if e.kind == "mixed_batch")
-    print(f"\n{len(events):,} events: {N_MALFORMED:,} malformed ({n_event_letters:,} event and {n_row_letters:,} "
-          f"row dead letters expected), {len(valid_ids):,} valid photos ({n_mixed_good:,} of them in mixed batches)")
+    print(f"\n{len(events):,} events: {N_MALFORMED:,} malformed, one dead letter each ({n_event_letters:,} rejected "
+          f"whole, {n_row_letters:,} bad rows), {len(valid_ids):,} valid photos ({n_mixed_good:,} of them in mixed batches)")
 
     settings = settings_factory(window_size=5000, partitions=2)
     worker = Watched(worker_factory(settings, name="fuzz"))
@@ -607,7 +608,7 @@ def test_ten_thousand_malformed_events_in_a_valid_stream(settings_factory, worke
     try:
         result = assignments_reader.collect(valid_ids, timeout=240, workers=[worker])
         assigned = time.monotonic()
-        letters = letters_reader.collect_until_quiet(n_event_letters + n_row_letters, timeout=120, quiet_s=10,
+        letters = letters_reader.collect_until_quiet(N_MALFORMED, timeout=120, quiet_s=10,
                                                      workers=[worker])
         lettered = time.monotonic()
     finally:
@@ -619,43 +620,51 @@ def test_ten_thousand_malformed_events_in_a_valid_stream(settings_factory, worke
           f"{lettered - started:.1f}s after the first event was sent; {len(stamps):,} dead letters written over "
           f"{span:.1f}s (~{len(stamps) / span:,.0f}/s, interleaved with the valid stream)")
 
-    # -- the dead-letter topic holds exactly the expected letters
-    by_place: dict[tuple[int, int, int | None], dict[str, Any]] = {}
+    # -- the dead-letter topic holds exactly the expected letters: one per malformed event
+    by_place: dict[tuple[int, int], dict[str, Any]] = {}
     duplicated = []
     for letter in letters:
-        place = (letter["partition"], letter["offset"], letter["row"])
+        place = (letter["partition"], letter["offset"])
         if place in by_place:
             duplicated.append(place)
         by_place[place] = letter
-    assert not duplicated, f"{len(duplicated)} events/rows dead-lettered more than once, e.g. {duplicated[:5]}"
+    assert not duplicated, f"{len(duplicated)} events dead-lettered more than once, e.g. {duplicated[:5]}"
     expected_places = set()
     problems: list[str] = []
-    for event, (partition, offset) in zip(events, placed):
-        for row, reasons in event.letters:
-            place = (partition, offset, row)
-            expected_places.add(place)
-            letter = by_place.get(place)
-            if letter is None:
-                problems.append(f"{event.kind}: no dead letter at {place} for value {event.value[:80]!r}"
-                                if event.value is not None else f"{event.kind}: no dead letter at {place}")
-                continue
-            if not any(text in letter["reason"] for text in reasons):
-                problems.append(f"{event.kind} at {place}: reason {letter['reason']!r} has none of {reasons}")
-            if letter["topic"] != settings.input_topic:
-                problems.append(f"{event.kind} at {place}: topic {letter['topic']!r}")
-            for name, original in (("key", event.key), ("value", event.value)):
-                if original is not None and len(original) > MAX_DLQ_VALUE_BYTES:
-                    ok = (letter[name] == original[:MAX_DLQ_VALUE_BYTES] and letter[f"{name}_truncated"] is True
-                          and letter.get(f"{name}_size") == len(original))
-                else:
-                    ok = letter[name] == original and not letter[f"{name}_truncated"]
-                if not ok:
-                    problems.append(f"{event.kind} at {place}: the dead letter's {name} is not the original "
-                                    f"({len(original or b'')} bytes, got {len(letter[name] or b'')})")
+    for event, place in zip(events, placed):
+        if not event.letters:
+            continue
+        expected_places.add(place)
+        letter = by_place.get(place)
+        if letter is None:
+            problems.append(f"{event.kind}: no dead letter at {place} for value {event.value[:80]!r}"
+                            if event.value is not None else f"{event.kind}: no dead letter at {place}")
+            continue
+        listed = event.letters[:MAX_DLQ_REASONS]
+        if [row for row, _ in letter["reasons"]] != [row for row, _ in listed]:
+            problems.append(f"{event.kind} at {place}: rows {[r for r, _ in letter['reasons']]}, "
+                            f"expected {[r for r, _ in listed]}")
+        for (row, reasons), (_, reason) in zip(listed, letter["reasons"]):
+            if not any(text in reason for text in reasons):
+                problems.append(f"{event.kind} at {place} row {row}: reason {reason!r} has none of {reasons}")
+        n_bad_rows = sum(row is not None for row, _ in event.letters)
+        if letter["bad_rows"] != n_bad_rows:
+            problems.append(f"{event.kind} at {place}: bad_rows {letter['bad_rows']}, expected {n_bad_rows}")
+        if letter["topic"] != settings.input_topic:
+            problems.append(f"{event.kind} at {place}: topic {letter['topic']!r}")
+        for name, original in (("key", event.key), ("value", event.value)):
+            if original is not None and len(original) > MAX_DLQ_VALUE_BYTES:
+                ok = (letter[name] == original[:MAX_DLQ_VALUE_BYTES] and letter[f"{name}_truncated"] is True
+                      and letter.get(f"{name}_size") == len(original))
+            else:
+                ok = letter[name] == original and not letter[f"{name}_truncated"]
+            if not ok:
+                problems.append(f"{event.kind} at {place}: the dead letter's {name} is not the original "
+                                f"({len(original or b'')} bytes, got {len(letter[name] or b'')})")
     assert not problems, f"{len(problems)} problems with expected dead letters, e.g.:\n" + "\n".join(problems[:20])
     unexpected = [(place, by_place[place]["reason"]) for place in sorted(set(by_place) - expected_places, key=str)]
     assert not unexpected, f"{len(unexpected)} unexpected dead letters, e.g. {unexpected[:10]}"
-    assert len(letters) == n_event_letters + n_row_letters, (len(letters), n_event_letters + n_row_letters)
+    assert len(letters) == N_MALFORMED, (len(letters), N_MALFORMED)
 
     # -- every valid photo (the good rows of mixed batches too) has exactly one outcome, nothing else has one
     assert not result.bad, f"undecodable assignment events: {result.bad[:3]}"

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_support import TopicReader, wait_for
 
-from streams.window import ClusteringWorker
+from streams.kafka_io import RecordPublisher
 
 pytestmark = pytest.mark.kafka
 
@@ -26,10 +26,10 @@ def test_publish_delivers_every_record_and_fails_on_a_refused_one(settings_facto
     roomy, tight = settings.output_topic, settings.output_topic + ".tight"
     _create_topics(settings, NewTopic(roomy, 2, 1),
                    NewTopic(tight, 1, 1, config={"max.message.bytes": "2000"}))
-    worker = ClusteringWorker(settings, None, None, None, None, (None, None))
+    publisher = RecordPublisher(settings)
 
     records = [(f"photo-{i}".encode(), f"value-{i}".encode()) for i in range(5000)]
-    worker._produce_blocking(roomy, records)
+    publisher.publish(roomy, records)
     reader = TopicReader(settings, roomy)
     seen: dict[bytes, bytes] = {}
 
@@ -43,6 +43,6 @@ def test_publish_delivers_every_record_and_fails_on_a_refused_one(settings_facto
 
     # 5,000 random bytes do not compress below the topic's 2,000-byte limit: the broker refuses them.
     with pytest.raises(RuntimeError, match=r"0 records undelivered, [12] failed: \[.*(too large|TOO_LARGE)"):
-        worker._produce_blocking(tight, [(b"small", b"fits"), (b"big", os.urandom(5000))])
+        publisher.publish(tight, [(b"small", b"fits"), (b"big", os.urandom(5000))])
     # The next publish starts with no failures carried over.
-    worker._produce_blocking(tight, [(b"small", b"fits")])
+    publisher.publish(tight, [(b"small", b"fits")])

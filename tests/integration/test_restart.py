@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from kafka_support import (
+    READY_TIMEOUT_S,
     AssignmentReader,
     free_port,
     labels_of,
@@ -23,7 +24,7 @@ from kafka_support import (
 )
 
 from core.codes import to_bytes
-from core.metrics import purity
+from core.purity import purity
 from core.synth import planted_codes
 from streams.kafka_io import consumer_lag
 
@@ -151,3 +152,69 @@ def test_pending_pool_survives_restart(settings_factory, worker_factory):
     assert len(held) == stats_a["pending"], "the photos held by A got their outcome from B's windows"
     assert all(result.final[i]["outcome"] in ("joined", "founded") for i in held), Counter(
         result.final[i]["outcome"] for i in held)
+
+
+def test_changed_settings_are_applied_after_a_restart(settings_factory, worker_factory):
+    """A restart takes the new radius and window size (and logs them); another n_bits is refused
+    with exit code 2 before the worker starts, instead of a crash loop."""
+    settings_a = settings_factory(window_size=2000)
+    codes, truth, centers = planted_codes(4000, 40, flip_prob=FLIP, random_state=9)
+    ids = photo_ids(0, 4000)
+    worker_a = worker_factory(settings_a, name="A")
+    produce_events(settings_a, photo_events(ids, to_bytes(codes), batch_size=500))
+    wait_for(lambda: (s := worker_a.stats()) and s["photos_in"] == 4000 and s, 60, what="worker A: 4000 photos")
+    _wait_lag_zero(settings_a)
+    stats_a = worker_a.stats()
+    assert stats_a["clustering"]["radius"] == 64 and stats_a["clusters"] > 0, stats_a
+    assert worker_a.stop() == 0, worker_a.log_tail()
+
+    # -- B: radius 8 and a window of 3000. Copies of the same centers (about 26 bits away) joined
+    # A's clusters at radius 64; at radius 8 they no longer can.
+    settings_b = settings_a.replace(web_port=free_port(), radius=8, window_size=3000)
+    worker_b = worker_factory(settings_b, name="B")
+    clustering = worker_b.stats()["clustering"]
+    assert clustering["radius"] == 8, clustering
+    assert clustering["window_size"] == 3000 + 100_000, clustering  # plus one batch event of headroom
+    log = worker_b.log_path.read_text()
+    assert "event=setting_changed name=radius stored=64 new=8" in log, worker_b.log_tail()
+    assert "event=setting_changed name=window_size stored=102000 new=103000" in log, worker_b.log_tail()
+    ids_2 = photo_ids(4000, 2000)
+    codes_2 = noisy_copies(centers, truth[:2000], FLIP, seed=10)
+    produce_events(settings_b, photo_events(ids_2, to_bytes(codes_2), batch_size=500))
+    reader = AssignmentReader(settings_b)
+    try:
+        result = reader.collect(ids_2, timeout=90, workers=[worker_b])
+    finally:
+        reader.close()
+    old_joins = sum(result.final[i]["outcome"] == "joined" and result.final[i]["cluster"] < stats_a["clusters"]
+                    for i in ids_2)
+    assert old_joins < 20, f"{old_joins} of 2000 photos joined an old cluster at radius 8"
+    assert worker_b.stop() == 0, worker_b.log_tail()
+
+    # -- C: 128-bit codes cannot use the stored 256-bit centers
+    worker_c = worker_factory(settings_a.replace(web_port=free_port(), n_bits=128), name="C", wait=False)
+    assert worker_c.proc.wait(READY_TIMEOUT_S + 60) == 2, worker_c.log_tail()
+    log = worker_c.log_path.read_text()
+    assert "n_bits=128 differs from 256" in log, worker_c.log_tail()
+
+
+def test_a_corrupted_state_record_makes_the_worker_exit(settings_factory, worker_factory):
+    """A meta record that names clusters whose records are missing: the restore fails, and the
+    worker exits non-zero with the reason, instead of serving /health without clustering."""
+    import msgpack
+
+    from core.online import OnlineClusterer
+    from streams.state import META_KEY, state_records
+
+    settings = settings_factory(restore_timeout_s=60.0)
+    clusterer = OnlineClusterer(n_bits=256, window_size=105_000, random_state=0)
+    meta = msgpack.unpackb(state_records(clusterer)[-1][1])
+    meta["n_clusters"] = 5000  # but no center block is stored
+    from streams.kafka_io import ensure_topics
+
+    ensure_topics(settings)
+    produce_events(settings, [(META_KEY, msgpack.packb(meta))], topic=settings.state_topic)
+    worker = worker_factory(settings, name="corrupt", wait=False)
+    assert worker.proc.wait(READY_TIMEOUT_S + 60) != 0, worker.log_tail()
+    log = worker.log_path.read_text()
+    assert "event=restore_failed" in log and "centers/0" in log, worker.log_tail()

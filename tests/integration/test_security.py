@@ -49,9 +49,10 @@ from kafka_support import (
     settings_env,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.codes import to_bytes
-from core.metrics import purity
+from core.purity import purity
 from core.synth import planted_codes
 from streams.app import _credentials
 from streams.config import Settings
@@ -205,22 +206,22 @@ def _pages(worker: WorkerProcess) -> dict[str, str]:
                                                                      "/clusters/0")}
 
 
-def _metric(text: str, line_prefix: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(line_prefix + " "):
-            return float(line.rsplit(" ", 1)[1])
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
     return None
 
 
 def _wait_lag_zero(worker: WorkerProcess, committed: int) -> str:
     """Wait until the worker's own lag probe (/metrics) reports its input partition fully committed."""
-    topic = worker.settings.input_topic
-    where = f'{{topic="{topic}",partition="0"}}'
+    where = {"topic": worker.settings.input_topic, "partition": "0"}
 
     def done() -> str | None:
         text = _get(worker, "/metrics")
-        ok = (_metric(text, "photoclust_consumer_lag" + where) == 0
-              and _metric(text, "photoclust_consumer_committed_offset" + where) == committed)
+        ok = (_metric(text, "photoclust_consumer_lag", **where) == 0
+              and _metric(text, "photoclust_consumer_committed_offset", **where) == committed)
         return text if ok else None
 
     text = wait_for(done, 90, what=f"worker {worker.name}: /metrics lag 0 at committed offset {committed}")

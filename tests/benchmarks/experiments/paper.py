@@ -67,7 +67,7 @@ from core.bkmeans import BKMeans, kmeans_plusplus  # noqa: E402
 from core.codes import pack_bits, unpack_bits  # noqa: E402
 from core.hamming import nearest_brute  # noqa: E402
 from core.itq import ITQ  # noqa: E402
-from core.metrics import normalized_mutual_info, purity  # noqa: E402
+from core.purity import normalized_mutual_info, purity  # noqa: E402
 
 METHODS = ("kmeans", "bkmeans", "kdkmeans", "kmedoids")
 LABELS = {"kmeans": "k-means (float, FAISS)", "bkmeans": "Bk-means (ours)", "kdkmeans": "KDk-means",

@@ -1,4 +1,4 @@
-"""Tests for core.metrics against hand-computed values and an independent slow reference."""
+"""Tests for core.purity against hand-computed values and an independent slow reference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.metrics import NOISE_LABEL, normalized_mutual_info, purity
+from core.purity import NOISE_LABEL, normalized_mutual_info, purity
 
 
 def _reference_purity(labels, truth) -> float:

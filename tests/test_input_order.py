@@ -1,4 +1,4 @@
-"""The worker takes each input partition's events strictly in offset order (ClusteringWorker._in_sequence).
+"""The worker takes each input partition's events strictly in offset order (streams.input_order).
 
 Faust 0.15.3 can drop the first events after the committed offset when it resumes a partition
 before seeking it (see the method's docstring); this guard turns that loss into a seek back. The
@@ -12,8 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from streams.config import Settings
-from streams.window import ClusteringWorker
+from streams.input_order import InputOrderGuard
 
 TOPIC, PARTITION = "photo-hashes", 0
 TP = (TOPIC, PARTITION)
@@ -38,16 +37,16 @@ class ConsumerStandIn:
         self.seeks.append(positions[TP])
 
 
-def _worker(consumer: ConsumerStandIn) -> ClusteringWorker:
-    return ClusteringWorker(Settings(), SimpleNamespace(consumer=consumer), None, None, None, (None, None))
+def _guard(consumer: ConsumerStandIn) -> InputOrderGuard:
+    return InputOrderGuard(consumer)
 
 
-def _taken(worker: ClusteringWorker, offsets: list[int]) -> list[int]:
+def _taken(guard: InputOrderGuard, offsets: list[int]) -> list[int]:
     async def run() -> list[int]:
         taken = []
         for offset in offsets:
             message = SimpleNamespace(topic=TOPIC, partition=PARTITION, offset=offset, tp=TP)
-            if await worker._in_sequence(message):
+            if await guard.accept(message):
                 taken.append(offset)
         return taken
 
@@ -56,53 +55,53 @@ def _taken(worker: ClusteringWorker, offsets: list[int]) -> list[int]:
 
 def test_events_in_order_from_the_committed_offset_are_taken_and_repeats_skipped():
     consumer = ConsumerStandIn(committed=100)
-    worker = _worker(consumer)
-    assert _taken(worker, [100, 101, 101, 102, 100]) == [100, 101, 102]
+    guard = _guard(consumer)
+    assert _taken(guard, [100, 101, 101, 102, 100]) == [100, 101, 102]
     assert consumer.seeks == []
 
 
 def test_lost_first_events_are_fetched_again():
     # The race: the events from the committed offset (100, 101) never reach the agent; 102 does.
     consumer = ConsumerStandIn(committed=100)
-    worker = _worker(consumer)
-    assert _taken(worker, [102, 103]) == []  # 103 was fetched before the seek: dropped as well
+    guard = _guard(consumer)
+    assert _taken(guard, [102, 103]) == []  # 103 was fetched before the seek: dropped as well
     assert consumer.seeks == [100]
-    assert _taken(worker, [100, 101, 102, 103, 104]) == [100, 101, 102, 103, 104]
+    assert _taken(guard, [100, 101, 102, 103, 104]) == [100, 101, 102, 103, 104]
     assert consumer.seeks == [100]
 
 
 def test_a_refetch_dropped_again_seeks_again():
     consumer = ConsumerStandIn(committed=100)
-    worker = _worker(consumer)
+    guard = _guard(consumer)
     # 101 arrives before 100, then the stale batch's last record (101) is delivered twice.
-    assert _taken(worker, [101, 102, 101]) == []
+    assert _taken(guard, [101, 102, 101]) == []
     assert consumer.seeks == [100, 100]
-    assert _taken(worker, [100, 101, 102]) == [100, 101, 102]
+    assert _taken(guard, [100, 101, 102]) == [100, 101, 102]
 
 
 def test_a_gap_without_records_is_accepted_after_two_refetches_agree():
     # Offsets 10-11 hold transaction markers, not events: re-fetching from 10 yields 12 again.
     consumer = ConsumerStandIn(committed=10)
-    worker = _worker(consumer)
-    assert _taken(worker, [12]) == []
-    assert _taken(worker, [12]) == []
-    assert _taken(worker, [12, 13]) == [12, 13]
+    guard = _guard(consumer)
+    assert _taken(guard, [12]) == []
+    assert _taken(guard, [12]) == []
+    assert _taken(guard, [12, 13]) == [12, 13]
     assert consumer.seeks == [10, 10]
 
 
 def test_without_a_commit_the_partition_starts_at_the_log_start():
     consumer = ConsumerStandIn(committed=None, log_start=5)
-    worker = _worker(consumer)
-    assert _taken(worker, [6]) == []
+    guard = _guard(consumer)
+    assert _taken(guard, [6]) == []
     assert consumer.seeks == [5]
-    assert _taken(worker, [5, 6]) == [5, 6]
+    assert _taken(guard, [5, 6]) == [5, 6]
 
 
 def test_a_commit_beyond_the_next_offset_moves_the_start():
-    # Another worker owned the partition for a while and committed up to 200.
+    # Another guard owned the partition for a while and committed up to 200.
     consumer = ConsumerStandIn(committed=100)
-    worker = _worker(consumer)
-    assert _taken(worker, [100, 101]) == [100, 101]
+    guard = _guard(consumer)
+    assert _taken(guard, [100, 101]) == [100, 101]
     consumer.committed = 200
-    assert _taken(worker, [150, 200, 201]) == [200, 201]
+    assert _taken(guard, [150, 200, 201]) == [200, 201]
     assert consumer.seeks == []
