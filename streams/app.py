@@ -1,80 +1,148 @@
-"""The Faust app: topics, tables, agents and web views, declared once from one Settings object.
+"""The Faust app: topics, agents and web views, declared once from one Settings object.
 
 The flow reads top to bottom:
 
-    photo-hashes --(cluster_photos: decode, window)--> core.OnlineClusterer (in a thread)
-        --> cluster-assignments (one final outcome per photo)
-        --> photoclust-state (center blocks, pending pool, meta) --(store_state)--> RocksDB tables
-    bad events --> photo-hashes.dlq (with the reason)
+    photo-hashes --(join_photos: decode, join within r against this worker's copy of the centers)
+        --> cluster-assignments ("joined", at once)
+        --> photoclust-unjoined (one partition: the photos that joined nothing, and join counts)
+            --(found_clusters: window, core.OnlineClusterer in a thread)
+            --> cluster-assignments ("founded", "joined", "noise")
+            --> photoclust-centers (public, compacted: center blocks) --> every worker's copy
+            --> photoclust-state (compacted: cluster sizes, pending pool, meta)
+    bad events --> photo-hashes.dlq (one record per event, with the reasons)
 
-Offsets of the input topic are acknowledged only after a window's outcomes and state records are
-acknowledged by the broker, so a crash never loses a photo (at-least-once; see the README for
-what a restart can duplicate).
+Each stage sends its records and waits for the broker's acknowledgements before it commits its input
+offsets (:mod:`streams.commit`), so a crash never loses a photo. State flows one way: the found
+stage writes the two compacted topics, and every worker reads them back into its local store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
 from aiohttp.web import Response
 
+from core.codes import from_hex, hex_error
+
+from .commit import CommitSequence
 from .config import SECRET_FIELDS, Settings
-from .exposition import CONTENT_TYPE, render
-from .window import ClusteringWorker
+from .exposition import CONTENT_TYPE, render, resident_memory_bytes
+from .found import FoundStage
+from .input_order import InputOrderGuard
+from .join import JoinStage
+from .replica import CentersReplica
+from .state import CHANGEABLE_PARAMS, FIXED_PARAMS
+from .store import LocalStore
 
 log = logging.getLogger("photoclust")
 # Keys and values are bytes we (de)serialise ourselves, so that undecodable input reaches the
 # dead-letter topic instead of crashing Faust's decoder. (faust.Schema(...) passed as schema= was
 # not honoured for topics here: values were still JSON-decoded.)
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-RAW_TABLE = {"key_type": bytes, "value_type": bytes}  # Faust picks the raw codec for bytes
 # Faust's ack bookkeeping holds one list entry per message; take events in bounded batches.
 TAKE_BATCH = 2_000
 TAKE_WITHIN_S = 0.25
 LAG_REFRESH_S = 5.0
+# Offsets are committed by the stages' commit sequences, right after their records are
+# acknowledged; Faust's own periodic commit could commit a transaction that holds half of a
+# stage's records, so it is pushed out of the way.
+FAUST_COMMIT_INTERVAL_S = 24 * 3600.0
 
 
 class PhotoclustApp(faust.App):
-    """A Faust app that lets the worker finish its closed windows before Faust stops the consumer,
-    so that a graceful stop (SIGTERM, Ctrl-C) commits every window it emitted outcomes for."""
+    """A Faust app that lets the found stage finish its closed windows before Faust stops the
+    consumer, so that a graceful stop (SIGTERM, Ctrl-C) commits every window it emitted outcomes for."""
 
-    clustering_worker: ClusteringWorker | None = None
+    photoclust: "Worker | None" = None
 
     async def on_stop(self) -> None:
-        if self.clustering_worker is not None:
-            await self.clustering_worker.drain(self.clustering_worker.settings.drain_timeout_s)
+        if self.photoclust is not None:
+            await self.photoclust.found.drain(self.photoclust.settings.drain_timeout_s)
         await super().on_stop()
 
 
 @dataclass
-class Photoclust:
-    """Everything the worker process is made of; built once by :func:`create_app`."""
+class Worker:
+    """Everything one worker process is made of; built once by :func:`create_app`."""
 
     settings: Settings
     app: faust.App
-    input_topic: Any
-    output_topic: Any
-    dlq_topic: Any
-    state_topic: Any
-    centers_table: Any
-    clusterer_table: Any
-    worker: ClusteringWorker
+    store: LocalStore
+    replica: CentersReplica
+    join: JoinStage
+    found: FoundStage
+    lag_rows: list[Any] | None = None  # the group's lag per input partition, refreshed by a timer
+    lag_errors: int = 0
+    rebalances: int = 0
+    _lag_probe: Any = None
+
+    async def start(self) -> None:
+        """Load this worker's copy of the centers, then restore the found stage (both off the loop)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.replica.start)
+        await self.found.restore()
+
+    async def refresh_lag(self) -> None:
+        """Ask the broker for the group's committed and log-end offsets (off the event loop)."""
+        try:
+            self.lag_rows = await asyncio.get_running_loop().run_in_executor(None, self._lag_rows_blocking)
+        except Exception as e:  # the broker may be away; /metrics says so and the worker carries on
+            self.lag_errors += 1
+            self.lag_rows = None
+            log.warning("event=lag_query_failed error=%r", str(e))
+
+    def _lag_rows_blocking(self) -> list[Any]:
+        if self._lag_probe is None:
+            from .kafka_io import LagProbe
+
+            self._lag_probe = LagProbe(self.settings, timeout=10.0)
+        return self._lag_probe.rows()
+
+    @property
+    def ready(self) -> bool:
+        return self.join.ready and self.found.ready
+
+    def stats(self) -> dict[str, Any]:
+        """The counters of both stages, as /stats and /metrics show them."""
+        join, found = self.join.counters, self.found.stats()
+        outcomes = dict(found["outcomes"])
+        outcomes["joined"] += join["joined"]
+        clusterer = self.found.clusterer
+        return {
+            **found,
+            "ready": self.ready,
+            "events_in": join["events_in"],
+            "photos_in": join["photos_in"],
+            "outcomes": outcomes,
+            "dlq_events": join["dlq_events"] + found["dlq_events"],
+            "dlq_rows": join["dlq_rows"] + found["dlq_rows"],
+            "join": {**join, "centers": self.replica.index.n_centers_, "centers_lag": self.replica.lag},
+            "found": {name: found[name] for name in ("events_in", "photos_in", "outcomes", "windows")},
+            "rebalances": self.rebalances,
+            "lag_errors": self.lag_errors,
+            "rss_bytes": resident_memory_bytes(),
+            # What the clusterer runs with: the settings, also after a restart that changed them.
+            "clustering": ({name: getattr(clusterer, name) for name in (*FIXED_PARAMS, *CHANGEABLE_PARAMS)}
+                           if clusterer is not None else None),
+        }
 
 
-def create_app(settings: Settings) -> Photoclust:
+def create_app(settings: Settings) -> Worker:
     app = PhotoclustApp(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=_credentials(settings),
-        store="rocksdb://",
         datadir=settings.data_dir,
         topic_replication_factor=1,
         topic_partitions=settings.partitions,
         processing_guarantee=settings.processing_guarantee,
         consumer_auto_offset_reset="earliest",
+        broker_commit_interval=FAUST_COMMIT_INTERVAL_S,
+        broker_commit_every=1 << 40,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -86,39 +154,36 @@ def create_app(settings: Settings) -> Photoclust:
         version=1,
     )
     input_topic = app.topic(settings.input_topic, **RAW, partitions=settings.partitions)
-    output_topic = app.topic(settings.output_topic, **RAW, partitions=settings.partitions)
-    dlq_topic = app.topic(settings.dlq_topic, **RAW, partitions=1)
-    state_topic = app.topic(settings.state_topic, **RAW, partitions=1, compacting=True)
-    centers_table = app.Table(
-        "centers", **RAW_TABLE, partitions=1, options=_table_options(),
-        help="Cluster centers in blocks of 1024 clusters: codes, sizes, created/updated times.",
-    )
-    clusterer_table = app.Table(
-        "clusterer", **RAW_TABLE, partitions=1, options=_table_options(),
-        help="The online clusterer's meta record and pending pool chunks.",
-    )
-    worker = ClusteringWorker(settings, app, (centers_table, clusterer_table))
-    app.clustering_worker = worker
-    parts = Photoclust(settings, app, input_topic, output_topic, dlq_topic, state_topic,
-                       centers_table, clusterer_table, worker)
+    unjoined_topic = app.topic(settings.unjoined_topic, **RAW, partitions=1)
+    store = LocalStore(Path(settings.data_dir) / "store")
+    replica = CentersReplica(settings, store)
+    commit = CommitSequence(settings, app)
+    # One guard for both stages' source partitions; it reads Faust's consumer, which exists only
+    # once the app runs.
+    input_order = InputOrderGuard(lambda: app.consumer)
+    join = JoinStage(settings, app, replica, commit, input_order)
+    found = FoundStage(settings, app, store, replica, commit, input_order)
+    worker = Worker(settings, app, store, replica, join, found)
+    app.photoclust = worker
 
     @app.agent(input_topic)
-    async def cluster_photos(stream: faust.StreamT) -> None:
-        """event -> window -> core -> assignment. Events are acked when their window is done."""
-        await worker.wait_ready()
+    async def join_photos(stream: faust.StreamT) -> None:
+        """event -> join against the centers copy -> joined outcomes, the rest forwarded."""
+        await join.wait_ready()
         async for events in stream.noack_take(TAKE_BATCH, within=TAKE_WITHIN_S):
-            await worker.add_events(events)
+            await join.process(events)
 
-    @app.agent(state_topic)
-    async def store_state(stream: faust.StreamT) -> None:
-        """Apply state records to the RocksDB tables, each write in its own event's context."""
-        async for event in stream.events():
-            worker.apply_state_record(event.key, event.value, event.message.offset)
+    @app.agent(unjoined_topic)
+    async def found_clusters(stream: faust.StreamT) -> None:
+        """forwarded photos -> window -> core -> founded/joined/noise outcomes and new centers."""
+        await found.wait_ready()
+        async for events in stream.noack_take(TAKE_BATCH, within=TAKE_WITHIN_S):
+            await found.add_events(events)
 
     @app.timer(interval=0.5)
     async def flush_aged_window() -> None:
         """A slow stream still progresses: cluster a partial window once it is old enough."""
-        await worker.flush_if_due()
+        await found.flush_if_due()
 
     @app.timer(interval=LAG_REFRESH_S)
     async def refresh_lag() -> None:
@@ -126,28 +191,31 @@ def create_app(settings: Settings) -> Photoclust:
         await worker.refresh_lag()
 
     @app.task
-    async def restore_state() -> None:
-        await worker.restore()
+    async def start_stages() -> None:
+        await worker.start()
 
     @app.on_partitions_assigned.connect
     async def log_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        worker.on_rebalance(assigned)
+        worker.rebalances += 1
+        input_order.on_rebalance()  # Faust seeks every assigned partition to its committed offset
+        log.info("event=rebalance assigned=%s", ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Response:
-        """Liveness: this answer proves the event loop runs; the agents' tasks must be alive too."""
-        checks = {"event_loop": True, "clustering": worker.clustering_alive(),
-                  "agents": all(_agent_alive(agent) for agent in (cluster_photos, store_state))}
+        """Liveness: this answer proves the event loop runs; the agents, the clustering task and the
+        centers reader must be alive too."""
+        checks = {"event_loop": True, "clustering": found.clustering_alive(), "centers_reader": replica.alive,
+                  "agents": all(_agent_alive(agent) for agent in (join_photos, found_clusters))}
         return web.json({"ok": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Response:
-        """Readiness: partitions assigned, tables recovered, the clusterer and its index rebuilt."""
+        """Readiness: partitions assigned, the centers copy caught up, the clusterer rebuilt."""
         assigned = _assigned_partitions(app)
         checks = {
             "partitions_assigned": any(tp.topic == settings.input_topic for tp in assigned),
-            "tables_recovered": app.tables.recovery.completed.is_set(),
-            "index_rebuilt": worker.ready,
+            "centers_caught_up": replica.caught_up.is_set(),
+            "index_rebuilt": found.ready,
             "not_rebalancing": not app.rebalancing,
         }
         return web.json({"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
@@ -160,30 +228,34 @@ def create_app(settings: Settings) -> Photoclust:
     async def stats(web: Any, request: Any) -> Response:
         return web.json(worker.stats())
 
+    @app.page("/match/{hash_hex}")
+    async def match(web: Any, request: Any, hash_hex: str) -> Response:
+        """The nearest cluster within r of one hash, from this worker's copy of the centers; the
+        photo is not published (what a hash matcher such as Meta's HMA answers)."""
+        problem = hex_error(hash_hex, settings.n_bits)
+        if problem is not None:
+            return web.json({"error": problem}, status=400)
+        if not replica.caught_up.is_set():
+            return web.json({"error": "this worker's copy of the centers is still loading"}, status=503)
+        code = from_hex([hash_hex], settings.n_bits)
+        # in a thread: the centers reader may hold the copy while it indexes a large block
+        labels, distances, _ = await asyncio.get_running_loop().run_in_executor(
+            None, replica.join, code, settings.radius)
+        joined = bool(labels[0] >= 0)
+        return web.json({"cluster": int(labels[0]) if joined else None,
+                         "distance": int(distances[0]) if joined else None, "centers": replica.index.n_centers_})
+
     @app.page("/clusters/{cluster_id}")
     async def cluster(web: Any, request: Any, cluster_id: str) -> Response:
         # isdigit() alone accepts digits such as '²' that int() refuses: ASCII digits only.
         if not (cluster_id.isascii() and cluster_id.isdigit()):
             return web.json({"error": f"cluster id must be a non-negative integer, got {cluster_id!r}"}, status=400)
-        record = worker.cluster(int(cluster_id))
+        record = found.cluster(int(cluster_id))
         if record is None:
             return web.json({"error": f"no cluster {cluster_id}"}, status=404)
         return web.json(record)
 
-    return parts
-
-
-def _table_options() -> dict[str, Any]:
-    """RocksDB options of one table (a fresh dict each: Faust pops keys from the one it gets).
-
-    Faust's defaults give every table a 2 GB block cache and 3 x 64 MB write buffers; the tables
-    are read only on restore and by /clusters, and a window rewrites the center blocks it
-    touched, so small buffers keep the worker's memory bounded (see bench_soak.py).
-    """
-    return {"driver": "rocksdict", "block_cache_size": 64 * 1024 * 1024,
-            "write_buffer_size": 32 * 1024 * 1024, "max_write_buffer_number": 2}
-
-
+    return worker
 def _agent_alive(agent: Any) -> bool:
     """An agent is alive while one of its actors' tasks runs (Faust keeps them in ``_actors``)."""
     tasks = [getattr(actor, "actor_task", None) for actor in list(agent._actors)]
@@ -230,8 +302,8 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(settings)
     refuse_fixed_setting_changes(settings)
     _hide_secrets_in_logs(settings)
-    parts = create_app(settings)
-    worker = faust.Worker(parts.app, loglevel=settings.log_level)
+    photoclust = create_app(settings)
+    worker = faust.Worker(photoclust.app, loglevel=settings.log_level)
     worker.execute_from_commandline()
 
 
@@ -282,4 +354,4 @@ def _hide_secrets_in_logs(settings: Settings) -> None:
     logging.setLogRecordFactory(record_factory)
 
 
-__all__ = ["Photoclust", "create_app", "run_worker"]
+__all__ = ["Worker", "create_app", "run_worker"]

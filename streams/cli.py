@@ -20,7 +20,6 @@ Layout (so that more commands can be added without touching the rest):
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager

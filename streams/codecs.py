@@ -84,6 +84,7 @@ __all__ = [
     "PHOTOS_KEY",
     "JOINS_KEY",
     "FORWARD_CHUNK_ROWS",
+    "FORWARD_CHUNK_BYTES",
     "encode_forwarded",
     "encode_joins",
     "decode_joins",
@@ -817,12 +818,28 @@ def decode_dlq(value: bytes) -> dict:
 
 PHOTOS_KEY = b"photos"
 JOINS_KEY = b"joins"
-FORWARD_CHUNK_ROWS = 10_000  # ~0.6 MB per forwarded event, well below the producers' request size
+# A forwarded event holds at most this many rows and about this many bytes: below the 1 MiB that
+# Kafka's default max.message.bytes and the decoder's max_event_bytes allow, whatever the ids.
+FORWARD_CHUNK_ROWS = 10_000
+FORWARD_CHUNK_BYTES = 512 * 1024
+_FORWARD_ROW_OVERHEAD = 16  # msgpack array, str and bin headers, and the float of one row
 
 
-def encode_forwarded(ids: Sequence[str], hashes: Sequence[bytes], ts_in: Sequence[float]) -> bytes:
-    """A batch event of photos the join stage validated already (ids, raw hashes, float ts_in)."""
-    return msgpack.packb({"batch": [[photo_id, h, float(ts)] for photo_id, h, ts in zip(ids, hashes, ts_in)]})
+def encode_forwarded(ids: Sequence[str], hashes: Sequence[bytes], ts_in: Sequence[float]) -> list[bytes]:
+    """Batch events of photos the join stage validated already (ids, raw hashes, float ts_in), cut
+    into events of at most ``FORWARD_CHUNK_ROWS`` rows and about ``FORWARD_CHUNK_BYTES``."""
+    events, rows, size = [], [], 0
+    for photo_id, h, ts in zip(ids, hashes, ts_in):
+        row_size = len(photo_id) * 4 if not photo_id.isascii() else len(photo_id)
+        row_size += len(h) + _FORWARD_ROW_OVERHEAD
+        if rows and (len(rows) >= FORWARD_CHUNK_ROWS or size + row_size > FORWARD_CHUNK_BYTES):
+            events.append(msgpack.packb({"batch": rows}))
+            rows, size = [], 0
+        rows.append([photo_id, h, float(ts)])
+        size += row_size
+    if rows:
+        events.append(msgpack.packb({"batch": rows}))
+    return events
 
 
 def encode_joins(clusters: np.ndarray, counts: np.ndarray, ts: float) -> bytes:

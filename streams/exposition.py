@@ -35,7 +35,7 @@ class Metric:
 
 METRICS = {m.name: m for m in (
     Metric("photoclust_up", "gauge", "1 while the worker's event loop answers."),
-    Metric("photoclust_ready", "gauge", "1 when partitions are assigned, tables recovered and the index rebuilt."),
+    Metric("photoclust_ready", "gauge", "1 when partitions are assigned, the centers copy caught up and the index rebuilt."),
     Metric("photoclust_windows_total", "counter", "Windows clustered since the worker started."),
     Metric("photoclust_events_total", "counter", "Input events read (single or batch events)."),
     Metric("photoclust_photos_in_total", "counter", "Valid photos clustered, counted when their window is done."),

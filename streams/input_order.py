@@ -9,6 +9,7 @@ reads three things of Faust's consumer: ``_committed_offset``, ``earliest_offset
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("photoclust.window")
@@ -17,10 +18,9 @@ log = logging.getLogger("photoclust.window")
 class InputOrderGuard:
     """Decides, event by event, whether an input message is the next one of its partition."""
 
-    def __init__(self, consumer: Any) -> None:
-        """``consumer``: Faust's consumer, or a function that returns it (it exists only once the
-        app runs)."""
-        self._consumer_of = consumer if callable(consumer) else (lambda: consumer)
+    def __init__(self, consumer_of: Callable[[], Any]) -> None:
+        """``consumer_of()`` returns Faust's consumer (which exists only once the app runs)."""
+        self._consumer_of = consumer_of
         # Next input offset the window takes, per partition, and the partitions being re-fetched after
         # Faust lost events: [highest offset seen since the seek, offset the last re-fetch began with].
         self._next_offset: dict[tuple[str, int], int] = {}

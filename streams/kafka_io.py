@@ -134,10 +134,11 @@ def catch_up(settings: Settings, store: Any, topic: str, timeout: float = 300.0,
             for message in consumer.consume(batch, 1.0):
                 error = message.error()
                 if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end, position = True, max(position, message.offset())
+                    elif error.fatal():
                         raise KafkaException(error)
-                    at_end, position = True, max(position, message.offset())
-                    continue
+                    continue  # transient (broker away, leader election): librdkafka retries by itself
                 records.append((message.key(), message.value()))
                 position = message.offset() + 1
             if records or at_end:

@@ -1,39 +1,61 @@
-"""The clusterer's state as key-value records, for the RocksDB tables and their Kafka topic.
+"""Wire formats of the found stage's two compacted topics, and the rebuild of its clusterer from them.
 
-Millions of centers cannot be one Kafka message and must not be one message each (every window
-touches up to a window's worth of clusters), so they are stored in blocks of ``CENTER_BLOCK``
-clusters: a window rewrites only the blocks whose clusters it founded or joined. The pending pool
-is small and rewritten whole, in chunks, every window. The ``meta`` record is written last; a
-restore reads exactly the blocks and chunks it names, so it never mixes two windows' records.
+``photoclust-centers`` is public: downstream consumers may read it (README, "The centers topic").
+Millions of centers cannot be one Kafka message and must not be one message each, so a record holds
+a block of ``CENTER_BLOCK`` consecutive cluster ids:
 
-Keys are ``b"centers/<block>"``, ``b"pending/<chunk>"`` and ``b"meta"``; values are msgpack maps
-holding little-endian numpy buffers. A value of ``None`` (a tombstone) deletes a key.
+* key ``b"centers/<block>"`` (ASCII), block b holding cluster ids ``b * 1024 .. b * 1024 + 1023``;
+* value, a msgpack map: ``{"format": 1, "n_bits": int, "first": int, "codes": bin, "created": bin,
+  "window": int}``: ``codes`` the centers of ids ``first, first + 1, ...`` as little-endian uint64,
+  ``n_bits / 64`` words each; ``created`` their founding times (little-endian float64, epoch
+  seconds); ``window`` the found-stage window that last wrote the block.
+
+A block is rewritten, with rows appended, while it fills up; a center never changes once founded,
+so the newest record of a block (all that compaction keeps) holds every center it ever held.
+
+``photoclust-state`` is the found stage's own: ``stats/<block>`` (size and last-joined time of each
+cluster of a block), ``pending/<chunk>`` (the pending pool, rewritten whole every window) and
+``meta`` (parameters, window count, the offsets the state reflects), written last. Values are msgpack
+maps holding little-endian numpy buffers; a value of ``None`` (a tombstone) deletes a key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from core.online import OnlineClusterer, WindowResult
+from core.online import OnlineClusterer
 
 CENTER_BLOCK = 1024
 PENDING_CHUNK = 4096
+CENTERS_FORMAT = 1
+STATE_FORMAT = 2
 META_KEY = b"meta"
 CENTERS_PREFIX = b"centers/"
+STATS_PREFIX = b"stats/"
 PENDING_PREFIX = b"pending/"
-STATE_FORMAT = 1
 _PARAMS = ("n_bits", "window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
            "pending_max_windows", "max_iter", "random_state")
+# Settings a restart may change: a restored clusterer takes the new value. ``n_bits`` cannot
+# change (the stored centers have the old width); the seed stays the stored one, so that window
+# w's Bk-means start does not depend on restarts.
+CHANGEABLE_PARAMS = ("window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
+                     "max_iter")
+FIXED_PARAMS = ("n_bits",)
 
 Record = tuple[bytes, bytes | None]
+InputPositions = Mapping[tuple[str, int], int]
 
 
 def center_key(block: int) -> bytes:
     return CENTERS_PREFIX + str(block).encode()
+
+
+def stats_key(block: int) -> bytes:
+    return STATS_PREFIX + str(block).encode()
 
 
 def pending_key(chunk: int) -> bytes:
@@ -51,38 +73,64 @@ def _array(value: bytes, dtype: str, n_words: int | None = None) -> np.ndarray:
     return array.reshape(-1, n_words) if n_words else array
 
 
-InputPositions = Mapping[tuple[str, int], int]
+def _blocks(first: int, stop: int) -> range:
+    return range(first // CENTER_BLOCK, (stop + CENTER_BLOCK - 1) // CENTER_BLOCK)
 
 
-def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None,
-                  input_positions: InputPositions | None = None) -> list[Record]:
-    """Records that bring a stored copy up to date after ``result`` (``None``: everything).
+# -- the centers topic ------------------------------------------------------------------------------
 
-    ``input_positions`` maps (topic, partition) to the next input offset the state does not yet
-    reflect; a restarted worker skips redelivered events below it instead of clustering them twice.
-    Order matters: blocks and chunks first, ``meta`` last.
-    """
-    # Centers are read through the clusterer's read-only views: export_state() would copy all of
-    # them (tens of MB at a million clusters) to write the few blocks a window touched.
-    centers, sizes = clusterer.centers_, clusterer.sizes_
-    created, updated = clusterer.created_ts_, clusterer.updated_ts_
-    state = clusterer.export_state(include_centers=False)
+
+def center_records(clusterer: OnlineClusterer, first_new: int, window: int) -> list[Record]:
+    """Records of the center blocks that hold clusters ``first_new ..`` (each block whole)."""
+    centers, created = clusterer.centers_, clusterer.created_ts_
     n_clusters = centers.shape[0]
-    if result is None:
-        blocks: Iterable[int] = range((n_clusters + CENTER_BLOCK - 1) // CENTER_BLOCK)
-    else:
-        touched = result.touched_clusters // CENTER_BLOCK
-        blocks = np.unique(touched).tolist()
+    records = []
+    for block in _blocks(first_new, n_clusters):
+        rows = slice(block * CENTER_BLOCK, min((block + 1) * CENTER_BLOCK, n_clusters))
+        records.append((center_key(block), _pack(
+            format=CENTERS_FORMAT, n_bits=clusterer.n_bits_, first=block * CENTER_BLOCK, window=int(window),
+            codes=centers[rows].astype("<u8"), created=created[rows].astype("<f8"))))
+    return records
+
+
+def decode_center_block(value: bytes) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """``(first, codes, created, window)`` of a centers-topic value; ValueError if it is not one."""
+    try:
+        block = msgpack.unpackb(value)
+        if block.get("format") != CENTERS_FORMAT:
+            raise ValueError(f"format {block.get('format')!r}, expected {CENTERS_FORMAT}")
+        n_words = int(block["n_bits"]) // 64
+        codes = _array(block["codes"], "uint64", n_words)
+        created = _array(block["created"], "float64")
+        first, window = int(block["first"]), int(block["window"])
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
+        raise ValueError(f"not a center block: {e}") from None
+    if codes.shape[0] != created.shape[0] or first % CENTER_BLOCK or codes.shape[0] > CENTER_BLOCK:
+        raise ValueError(f"not a center block: {codes.shape[0]} codes, {created.shape[0]} times, first={first}")
+    return first, codes, created, window
+
+
+# -- the state topic --------------------------------------------------------------------------------
+
+
+def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
+                  input_positions: InputPositions | None = None, previous_chunks: int = 0) -> list[Record]:
+    """Records that bring the stored state up to date: the stats blocks of the ``touched`` cluster
+    ids (``None``: all), the pending pool (with tombstones for chunks it no longer uses, of the
+    ``previous_chunks`` stored), and ``meta`` last.
+
+    ``input_positions`` maps (topic, partition) to the next input offset the state reflects; a
+    restarted found stage skips redelivered events below it instead of clustering them twice.
+    """
+    sizes, updated = clusterer.sizes_, clusterer.updated_ts_
+    state = clusterer.export_state(include_centers=False)
+    n_clusters = sizes.shape[0]
+    blocks = _blocks(0, n_clusters) if touched is None else np.unique(np.asarray(touched) // CENTER_BLOCK).tolist()
     records: list[Record] = []
     for block in blocks:
         rows = slice(block * CENTER_BLOCK, min((block + 1) * CENTER_BLOCK, n_clusters))
-        records.append((center_key(block), _pack(
-            first=block * CENTER_BLOCK,
-            codes=centers[rows].astype("<u8"),
-            sizes=sizes[rows].astype("<i8"),
-            created=created[rows].astype("<f8"),
-            updated=updated[rows].astype("<f8"),
-        )))
+        records.append((stats_key(block), _pack(first=block * CENTER_BLOCK, sizes=sizes[rows].astype("<i8"),
+                                                updated=updated[rows].astype("<f8"))))
     offsets = state["pending_ids_offsets"]
     n_pending = offsets.shape[0] - 1
     n_chunks = (n_pending + PENDING_CHUNK - 1) // PENDING_CHUNK
@@ -96,6 +144,7 @@ def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None
             first_seen=state["pending_first_seen"][lo:hi].astype("<f8"),
             first_window=state["pending_first_window"][lo:hi].astype("<i8"),
         )))
+    records += [(pending_key(chunk), None) for chunk in range(n_chunks, previous_chunks)]
     meta = {name: state[name] for name in _PARAMS}
     meta.update(format=STATE_FORMAT, n_windows=state["n_windows"], n_clusters=n_clusters,
                 n_pending=n_pending, n_pending_chunks=n_chunks,
@@ -105,21 +154,9 @@ def state_records(clusterer: OnlineClusterer, result: WindowResult | None = None
     return records
 
 
-def stale_pending_keys(previous_chunks: int, current_chunks: int) -> list[Record]:
-    """Tombstones for pending chunks that a shrinking pool no longer uses."""
-    return [(pending_key(chunk), None) for chunk in range(current_chunks, previous_chunks)]
-
-
 def n_pending_chunks(records: list[Record]) -> int:
+    """The pending chunks that ``records`` (of :func:`state_records`) leave stored."""
     return msgpack.unpackb(records[-1][1])["n_pending_chunks"]
-
-
-# Settings a restart may change: a restored clusterer takes the new value. ``n_bits`` cannot
-# change (the stored centers have the old width); the seed stays the stored one, so that window
-# w's Bk-means start does not depend on restarts.
-CHANGEABLE_PARAMS = ("window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
-                     "max_iter")
-FIXED_PARAMS = ("n_bits",)
 
 
 def stored_params(raw_meta: bytes | None) -> dict[str, Any] | None:
@@ -136,43 +173,65 @@ def param_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any],
     return [(name, stored.get(name), wanted[name]) for name in names if stored.get(name) != wanted[name]]
 
 
-def stored_input_positions(get: Mapping[bytes, bytes] | Any) -> dict[tuple[str, int], int]:
-    """The input positions the stored state reflects (empty without state)."""
-    raw_meta = get.get(META_KEY)
+def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], int]:
+    """The input positions a stored ``meta`` record reflects (empty without state)."""
     if raw_meta is None:
         return {}
     return {(topic, partition): offset for topic, partition, offset in msgpack.unpackb(raw_meta).get("input_positions", [])}
 
 
-def restore_clusterer(get: Mapping[bytes, bytes] | Any) -> OnlineClusterer | None:
-    """Rebuild the clusterer from stored records (``get[key]`` -> value); ``None`` if there is no state.
+# -- rebuilding the found stage's clusterer ---------------------------------------------------------
 
-    Raises ``ValueError`` naming the missing or inconsistent record.
+
+def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], bytes | None],
+                      params: Mapping[str, Any]) -> tuple[OnlineClusterer, list[tuple[str, Any, Any]]]:
+    """The clusterer that the stored records describe, run with ``params`` (the new settings);
+    returns it and the changed settings ``(name, stored, new)``.
+
+    ``center_values`` are the centers topic's values (any order); ``get(key)`` reads the state
+    topic. The centers topic is authoritative for the centers: a block sent just before a crash,
+    whose window's ``meta`` never followed, still holds published centers (copies of them may
+    have joined photos already), so they are kept, and their ids are never handed out again.
+    Raises ``ValueError`` naming the missing or inconsistent record, or a setting that cannot change.
     """
-    raw_meta = get.get(META_KEY)
-    if raw_meta is None:
-        return None
-    meta = msgpack.unpackb(raw_meta)
-    if meta.get("format") != STATE_FORMAT:
+    raw_meta = get(META_KEY)
+    meta = msgpack.unpackb(raw_meta) if raw_meta is not None else None
+    if meta is not None and meta.get("format") != STATE_FORMAT:
         raise ValueError(f"stored state has format {meta.get('format')!r}, expected {STATE_FORMAT}")
-    n_bits, n_clusters = meta["n_bits"], meta["n_clusters"]
-    n_words = n_bits // 64
-    codes, sizes, created, updated = [], [], [], []
-    for block in range((n_clusters + CENTER_BLOCK - 1) // CENTER_BLOCK):
-        raw = get.get(center_key(block))
+    stored = {name: meta[name] for name in _PARAMS} if meta is not None else dict(params)
+    refused = param_changes(stored, params, FIXED_PARAMS)
+    if refused:
+        raise ValueError("; ".join(f"{name}={new} differs from the stored state's {name}={old}"
+                                   for name, old, new in refused))
+    changes = param_changes(stored, params, CHANGEABLE_PARAMS)
+    n_words = int(params["n_bits"]) // 64
+    blocks = sorted((decode_center_block(value) for value in center_values), key=lambda block: block[0])
+    n_clusters, windows = 0, [meta["n_windows"] if meta is not None else 0]
+    for first, codes, _, window in blocks:
+        if first != n_clusters:
+            raise ValueError(f"the centers topic has no center {n_clusters} (the next block starts at {first})")
+        if codes.shape[1] != n_words:
+            raise ValueError(f"center block {first // CENTER_BLOCK} holds {codes.shape[1] * 64}-bit codes, "
+                             f"expected {params['n_bits']}")
+        n_clusters += codes.shape[0]
+        windows.append(window + 1)
+    if meta is not None and meta["n_clusters"] > n_clusters:
+        raise ValueError(f"stored state names {meta['n_clusters']} clusters but the centers topic holds {n_clusters}")
+    centers = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, n_words), np.uint64)
+    created = np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0)
+    sizes, updated = np.zeros(n_clusters, np.int64), created.copy()
+    for block in _blocks(0, n_clusters):
+        raw = get(stats_key(block))
         if raw is None:
-            raise ValueError(f"stored state names {n_clusters} clusters but record {center_key(block)!r} is missing")
+            continue  # clusters founded by a window whose state records never followed: size 0
         value = msgpack.unpackb(raw)
-        codes.append(_array(value["codes"], "uint64", n_words))
-        sizes.append(_array(value["sizes"], "int64"))
-        created.append(_array(value["created"], "float64"))
-        updated.append(_array(value["updated"], "float64"))
-    centers = np.concatenate(codes)[:n_clusters] if codes else np.zeros((0, n_words), np.uint64)
-    if centers.shape[0] != n_clusters:
-        raise ValueError(f"stored centers hold {centers.shape[0]} clusters, meta says {n_clusters}")
+        first, block_sizes = value["first"], _array(value["sizes"], "int64")
+        rows = slice(first, min(first + block_sizes.shape[0], n_clusters))
+        sizes[rows] = block_sizes[:rows.stop - first]
+        updated[rows] = _array(value["updated"], "float64")[:rows.stop - first]
     ids, lengths, pcodes, seen, first_window = [], [], [], [], []
-    for chunk in range(meta["n_pending_chunks"]):
-        raw = get.get(pending_key(chunk))
+    for chunk in range(meta["n_pending_chunks"] if meta is not None else 0):
+        raw = get(pending_key(chunk))
         if raw is None:
             raise ValueError(f"stored state names {meta['n_pending_chunks']} pending chunks but {pending_key(chunk)!r} is missing")
         value = msgpack.unpackb(raw)
@@ -184,39 +243,19 @@ def restore_clusterer(get: Mapping[bytes, bytes] | Any) -> OnlineClusterer | Non
         seen.append(_array(value["first_seen"], "float64"))
         first_window.append(_array(value["first_window"], "int64"))
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    state = {name: meta[name] for name in _PARAMS}
+    state = {name: (stored if name in FIXED_PARAMS or name == "random_state" else params).get(name, stored.get(name))
+             for name in _PARAMS}
     state.update(
         format_version=1,
-        n_windows=meta["n_windows"],
+        n_windows=max(windows),
         centers=centers,
-        sizes=np.concatenate(sizes)[:n_clusters] if sizes else np.zeros(0, np.int64),
-        created_ts=np.concatenate(created)[:n_clusters] if created else np.zeros(0),
-        updated_ts=np.concatenate(updated)[:n_clusters] if updated else np.zeros(0),
+        sizes=sizes,
+        created_ts=created,
+        updated_ts=updated,
         pending_ids_blob=np.frombuffer(b"".join(ids), dtype=np.uint8).copy(),
         pending_ids_offsets=np.concatenate(([0], np.cumsum(all_lengths))).astype(np.int64),
         pending_codes=np.concatenate(pcodes) if pcodes else np.zeros((0, n_words), np.uint64),
         pending_first_seen=np.concatenate(seen) if seen else np.zeros(0),
         pending_first_window=np.concatenate(first_window) if first_window else np.zeros(0, np.int64),
     )
-    return OnlineClusterer.from_state(state)
-
-
-def cluster_record(get: Mapping[bytes, bytes] | Any, cluster_id: int) -> dict[str, Any] | None:
-    """One cluster's center and bookkeeping, read from its block (for the web view)."""
-    raw = get.get(center_key(cluster_id // CENTER_BLOCK))
-    if raw is None:
-        return None
-    value = msgpack.unpackb(raw)
-    row = cluster_id - value["first"]
-    sizes = _array(value["sizes"], "int64")
-    if not 0 <= row < sizes.shape[0]:
-        return None
-    n_words = len(value["codes"]) // 8 // sizes.shape[0]
-    code = _array(value["codes"], "uint64", n_words)[row]
-    return {
-        "cluster": cluster_id,
-        "center": code.astype(">u8").tobytes().hex(),
-        "size": int(sizes[row]),
-        "created_ts": float(_array(value["created"], "float64")[row]),
-        "updated_ts": float(_array(value["updated"], "float64")[row]),
-    }
+    return OnlineClusterer.from_state(state), changes

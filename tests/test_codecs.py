@@ -11,12 +11,16 @@ from hypothesis import strategies as st
 from core.codes import from_bytes, from_hex
 from core.online import Outcome
 from streams.codecs import (
+    FORWARD_CHUNK_BYTES,
     MAX_DLQ_REASONS,
     MAX_DLQ_VALUE_BYTES,
     DecodeResult,
     PhotoDecoder,
     decode_assignment,
     decode_dlq,
+    decode_joins,
+    encode_forwarded,
+    encode_joins,
     encode_assignments,
     encode_batch,
     encode_dlq,
@@ -624,3 +628,35 @@ def test_plain_batches_take_the_column_fast_path(rows):
     batch = msgpack.unpackb(encode_batch(rows), use_list=False)["batch"]
     assert dec._decode_batch_bulk(batch) == dec._decode_batch_rows(batch)
     assert dec._decode_batch_bulk(batch).errors == []
+
+
+# -- the unjoined topic ---------------------------------------------------------------------------
+
+
+def test_forwarded_photos_decode_as_batch_events_with_their_ts_in():
+    ids = [f"p{i}" for i in range(25_000)] + ["\u00e9" * 250]  # a long non-ASCII id at the end
+    hashes = [bytes([i % 256]) * 32 for i in range(len(ids))]
+    ts = [1000.0 + i for i in range(len(ids))]
+    events = encode_forwarded(ids, hashes, ts)
+    assert len(events) >= 3 and all(len(event) <= FORWARD_CHUNK_BYTES + 4096 for event in events)
+    decoder = PhotoDecoder()
+    decoded = [decoder.decode(event) for event in events]
+    assert all(not d.errors for d in decoded)
+    assert [i for d in decoded for i in d.ids] == ids
+    assert [h for d in decoded for h in d.hashes] == hashes
+    assert [t for d in decoded for t in d.ts] == ts
+    assert encode_forwarded([], [], []) == []
+
+
+def test_join_counts_round_trip_and_are_checked():
+    value = encode_joins(np.array([3, 9]), np.array([2, 1]), 123.5)
+    clusters, counts, ts = decode_joins(value)
+    assert clusters.tolist() == [3, 9] and counts.tolist() == [2, 1] and ts == 123.5
+    with pytest.raises(ValueError, match="must be 1-D of one length"):
+        encode_joins(np.array([1, 2]), np.array([1]), 0.0)
+    with pytest.raises(ValueError, match="join counts field 'counts'"):
+        decode_joins(msgpack.packb({"clusters": b"\x00" * 8, "counts": "x", "ts": 1.0}))
+    with pytest.raises(ValueError, match="3 clusters but 1 counts"):
+        decode_joins(msgpack.packb({"clusters": b"\x00" * 24, "counts": b"\x00" * 8, "ts": 1.0}))
+    with pytest.raises(ValueError, match="'ts'"):
+        decode_joins(msgpack.packb({"clusters": b"", "counts": b"", "ts": float("nan")}))

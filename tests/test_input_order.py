@@ -38,7 +38,7 @@ class ConsumerStandIn:
 
 
 def _guard(consumer: ConsumerStandIn) -> InputOrderGuard:
-    return InputOrderGuard(consumer)
+    return InputOrderGuard(lambda: consumer)
 
 
 def _taken(guard: InputOrderGuard, offsets: list[int]) -> list[int]:

@@ -1,11 +1,16 @@
-"""The clusterer's state as table records (streams/state.py): pure, no Kafka needed."""
+"""The found stage's records (streams/state.py): pure, no Kafka needed. Center blocks for the public
+centers topic; cluster stats, pending pool and meta for the state topic; and the rebuild."""
 
+import msgpack
 import numpy as np
 import pytest
 
 from core.online import OnlineClusterer
 from core.synth import planted_codes
 from streams import state
+
+PARAMS = dict(n_bits=256, window_size=5000, new_centers_ratio=0.1, radius=60, min_cluster_size=5,
+              pending_capacity=5000, max_iter=10, random_state=1)
 
 
 def _windows(n_windows=4, per_window=3000):
@@ -15,58 +20,134 @@ def _windows(n_windows=4, per_window=3000):
             for w in range(n_windows)]
 
 
-def _apply(store, records):
-    for key, value in records:
-        if value is None:
-            store.pop(key, None)
-        else:
-            store[key] = value
+class Topics:
+    """The two compacted topics as dicts (the newest value of each key)."""
+
+    def __init__(self) -> None:
+        self.centers: dict[bytes, bytes] = {}
+        self.state: dict[bytes, bytes] = {}
+        self.chunks = 0
+
+    def write(self, clusterer: OnlineClusterer, result, positions=None) -> None:
+        if result.n_new_clusters:
+            self.centers.update(state.center_records(clusterer, result.n_clusters - result.n_new_clusters,
+                                                     result.window))
+        records = state.state_records(clusterer, result.touched_clusters, positions, self.chunks)
+        self.chunks = state.n_pending_chunks(records)
+        for key, value in records:
+            if value is None:
+                self.state.pop(key, None)
+            else:
+                self.state[key] = value
+
+    def restore(self, **params):
+        return state.restore_clusterer(self.centers.values(), self.state.get, {**PARAMS, **params})
+
+
+def _live():
+    return OnlineClusterer(**{**PARAMS, "window_size": 5000})
 
 
 def test_records_restore_a_clusterer_that_continues_identically(monkeypatch):
     monkeypatch.setattr(state, "CENTER_BLOCK", 16)  # many blocks, so partial rewrites are exercised
     monkeypatch.setattr(state, "PENDING_CHUNK", 7)
     windows = _windows()
-    live = OnlineClusterer(window_size=5000, radius=60, min_cluster_size=5, random_state=1)
-    store: dict[bytes, bytes] = {}
-    previous_chunks = 0
+    live, topics = _live(), Topics()
     for ids, codes in windows[:3]:
-        result = live.process(ids, codes, now=1.0)
-        records = state.state_records(live, result)
-        chunks = state.n_pending_chunks(records)
-        _apply(store, records[:-1] + state.stale_pending_keys(previous_chunks, chunks) + records[-1:])
-        previous_chunks = chunks
-    restored = state.restore_clusterer(store)
+        topics.write(live, live.process(ids, codes, now=1.0))
+    live.record_joins(np.array([0, 3]), np.array([5, 1]), 1.5)  # joins counted by a join stage
+    result = live.process(windows[2][0][:10], windows[2][1][:10], now=1.6)
+    topics.write(live, result)
+    restored, changes = topics.restore()
+    assert changes == []
     assert np.array_equal(restored.centers_, live.centers_)
     assert np.array_equal(restored.sizes_, live.sizes_)
+    assert np.array_equal(restored.updated_ts_, live.updated_ts_)
+    assert np.array_equal(restored.created_ts_, live.created_ts_)
     assert restored.pending_ids_ == live.pending_ids_
-    record = state.cluster_record(store, 0)
-    assert record["cluster"] == 0 and record["size"] == int(live.sizes_[0]) and len(record["center"]) == 64
+    assert restored.n_windows_ == live.n_windows_
     ids, codes = windows[3]
     a, b = live.process(ids, codes, now=2.0), restored.process(ids, codes, now=2.0)
     assert np.array_equal(a.cluster, b.cluster) and np.array_equal(a.outcome, b.outcome) and a.ids == b.ids
 
 
-def test_missing_block_is_named():
-    live = OnlineClusterer(window_size=5000, radius=60, min_cluster_size=5, random_state=1)
+def test_center_blocks_are_the_public_format():
+    live = _live()
     ids, codes = _windows(1)[0]
-    store = dict(state.state_records(live, live.process(ids, codes, now=1.0)))
-    del store[state.center_key(0)]
-    with pytest.raises(ValueError, match=r"record b'centers/0' is missing"):
-        state.restore_clusterer(store)
+    result = live.process(ids, codes, now=7.0)
+    records = state.center_records(live, 0, result.window)
+    assert [key for key, _ in records] == [state.center_key(b) for b in range(len(records))]
+    value = msgpack.unpackb(records[0][1])
+    assert set(value) == {"format", "n_bits", "first", "codes", "created", "window"}
+    n = min(live.n_clusters_, state.CENTER_BLOCK)
+    codes0 = np.frombuffer(value["codes"], dtype="<u8").reshape(-1, 4)
+    assert np.array_equal(codes0, live.centers_[:n]) and value["first"] == 0 and value["window"] == 0
+    assert np.array_equal(np.frombuffer(value["created"], dtype="<f8"), np.full(n, 7.0))
+    first, block_codes, created, window = state.decode_center_block(records[0][1])
+    assert first == 0 and np.array_equal(block_codes, live.centers_[:n]) and window == 0
+    with pytest.raises(ValueError, match="not a center block"):
+        state.decode_center_block(msgpack.packb({"format": 1}))
 
 
-def test_no_state_gives_none():
-    assert state.restore_clusterer({}) is None
+def test_centers_without_their_window_state_are_kept():
+    """A crash after the center blocks were acknowledged but before the window's meta: the centers
+    stay (a copy may have used them), so their ids are never handed out again."""
+    live, topics = _live(), Topics()
+    codes, truth, _ = planted_codes(6000, 60, flip_prob=0.1, random_state=3)
+    ids = [f"photo-{i}" for i in range(len(codes))]
+    first = np.flatnonzero(truth < 30)  # window 2 brings photos of 30 other clusters
+    second = np.flatnonzero(truth >= 30)
+    ids_1, codes_1 = [ids[i] for i in first], codes[first]
+    ids_2, codes_2 = [ids[i] for i in second], codes[second]
+    topics.write(live, live.process(ids_1, codes_1, now=1.0))
+    result = live.process(ids_2, codes_2, now=2.0)
+    assert result.n_new_clusters > 0
+    topics.centers.update(state.center_records(live, result.n_clusters - result.n_new_clusters, result.window))
+    restored, _ = topics.restore()
+    assert restored.n_clusters_ == live.n_clusters_
+    assert np.array_equal(restored.centers_, live.centers_)
+    new = slice(result.n_clusters - result.n_new_clusters, result.n_clusters)
+    assert np.all(restored.sizes_[new] == 0)  # their stats never arrived
+    assert restored.n_windows_ == live.n_windows_  # the window numbers go on after the blocks' window
+
+
+def test_missing_records_are_named():
+    live, topics = _live(), Topics()
+    ids, codes = _windows(1)[0]
+    topics.write(live, live.process(ids, codes, now=1.0))
+    del topics.centers[state.center_key(0)]
+    with pytest.raises(ValueError, match="names .* clusters but the centers topic holds 0"):
+        topics.restore()
+    topics = Topics()
+    lonely = np.random.default_rng(0).integers(0, 1 << 63, (10, 4), dtype=np.uint64)  # too few to found
+    topics.write(live, live.process([f"lonely-{i}" for i in range(10)], lonely, now=2.0))
+    assert topics.state.get(state.pending_key(0)) is not None
+    del topics.state[state.pending_key(0)]
+    topics.centers = dict(state.center_records(live, 0, 0))
+    with pytest.raises(ValueError, match=r"b'pending/0' is missing"):
+        topics.restore()
+
+
+def test_changed_settings_apply_and_n_bits_is_refused():
+    live, topics = _live(), Topics()
+    ids, codes = _windows(1)[0]
+    topics.write(live, live.process(ids, codes, now=1.0))
+    restored, changes = topics.restore(radius=8, window_size=9000, random_state=99)
+    assert sorted(changes) == [("radius", 60, 8), ("window_size", 5000, 9000)]
+    assert restored.radius == 8 and restored.window_size == 9000
+    assert restored.random_state == 1  # the stored seed stays
+    with pytest.raises(ValueError, match="n_bits=128 differs from the stored state's n_bits=256"):
+        topics.restore(n_bits=128)
+
+
+def test_no_state_gives_a_new_clusterer():
+    restored, changes = Topics().restore()
+    assert restored.n_clusters_ == 0 and restored.n_windows_ == 0 and changes == []
 
 
 def test_input_positions_travel_with_the_state():
     ids, codes = _windows(1)[0]
-    live = OnlineClusterer(window_size=5000, radius=60, min_cluster_size=5, random_state=1)
-    result = live.process(ids, codes, now=1.0)
-    store: dict[bytes, bytes] = {}
-    assert state.stored_input_positions(store) == {}
-    _apply(store, state.state_records(live, result, {("photo-hashes", 1): 250, ("photo-hashes", 0): 40}))
-    assert state.stored_input_positions(store) == {("photo-hashes", 0): 40, ("photo-hashes", 1): 250}
-    _apply(store, state.state_records(live, None))  # a state written without positions has none
-    assert state.stored_input_positions(store) == {}
+    live, topics = _live(), Topics()
+    assert state.stored_input_positions(None) == {}
+    topics.write(live, live.process(ids, codes, now=1.0), {("unjoined", 0): 250})
+    assert state.stored_input_positions(topics.state[state.META_KEY]) == {("unjoined", 0): 250}

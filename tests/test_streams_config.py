@@ -351,10 +351,10 @@ def test_every_kafka_client_under_streams_takes_confluent_config() -> None:
             if first is None or not _is_confluent_config_call(first) or len(call.args) + len(call.keywords) != 1:
                 offenders.append(f"{where}: configuration is not exactly settings.confluent_config(...)")
     assert not offenders, "\n".join(offenders)
-    # the check must see the clients it guards (kafka_io: admin, producer, 2 consumers; window: restore
-    # consumer; kafka_cli: the demo's reader); a renamed import would otherwise make it pass vacuously
+    # the check must see the clients it guards (kafka_io: admin, producer, consumers; replica: the centers
+    # reader; kafka_cli: the demo's reader); a renamed import would otherwise make it pass vacuously
     files = {where.split(":")[0] for where in found}
-    assert {"kafka_io.py", "window.py", "kafka_cli.py"} <= files, found
+    assert {"kafka_io.py", "replica.py", "kafka_cli.py"} <= files, found
     assert len(found) >= 6, found
 
 

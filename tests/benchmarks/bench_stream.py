@@ -271,7 +271,11 @@ def run_worker(args: argparse.Namespace, kind: str, batch_size: int, ids: list[s
         while True:
             worker.check_alive()
             stats = worker.stats() or stats
-            if stats.get("photos_in", 0) + stats.get("dlq_rows", 0) >= n:
+            # Every photo was taken by the join stage, and every photo it forwarded was clustered
+            # by the found stage (or is held in its pending pool).
+            forwarded = stats.get("join", {}).get("forwarded", 0)
+            if (stats.get("photos_in", 0) + stats.get("dlq_rows", 0) >= n
+                    and stats.get("found", {}).get("photos_in", 0) >= forwarded):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timeout: /stats {stats}\n{worker.log_tail()}")

@@ -389,6 +389,26 @@ def labels_of(result: Assignments, ids: list[str]) -> np.ndarray:
     return out
 
 
+def collect_outcomes(settings: Settings, ids: list[str], timeout: float,
+                     workers: Iterable[WorkerProcess] = ()) -> "Assignments":
+    """Read the assignment topic from the start until every id has its final outcome."""
+    reader = AssignmentReader(settings)
+    try:
+        return reader.collect(ids, timeout=timeout, workers=workers)
+    finally:
+        reader.close()
+
+
+def settled(worker: "WorkerProcess", n_photos: int) -> dict[str, Any] | None:
+    """The worker's /stats once both stages are done with ``n_photos`` valid photos: the join stage
+    took them all and the found stage clustered every one it forwarded (None before that)."""
+    stats = worker.stats()
+    if (stats and stats["photos_in"] == n_photos and stats["found"]["photos_in"] >= stats["join"]["forwarded"]
+            and stats["windows_in_flight"] == 0 and stats["window_fill"] == 0):
+        return stats
+    return None
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last = None

@@ -1,8 +1,8 @@
 """A worker that restarts (with its RocksDB data, or with it wiped) keeps its clusters.
 
 Worker A clusters 20,000 planted photos and stops (SIGTERM). Worker B starts with the same app id
-and topics: it must restore the same clusters (from RocksDB, or from the changelog topics when the
-data dir is fresh), and 10,000 new photos from the same true centers must join those clusters.
+and topics: it must restore the same clusters (from its local store, or from the centers and state
+topics alone when the data dir is fresh), and 10,000 new photos from the same true centers must join those clusters.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import pytest
 from kafka_support import (
     READY_TIMEOUT_S,
     AssignmentReader,
+    collect_outcomes,
     free_port,
     labels_of,
     noisy_copies,
     photo_events,
     photo_ids,
     produce_events,
+    settled,
     wait_for,
 )
 
@@ -130,7 +132,7 @@ def test_pending_pool_survives_restart(settings_factory, worker_factory):
     ids, hashes = photo_ids(0, 10_000), to_bytes(codes)
     worker_a = worker_factory(settings_a, name="A")
     produce_events(settings_a, photo_events(ids[:5000], hashes[:5000], batch_size=500))
-    stats_a = wait_for(lambda: (s := worker_a.stats()) and s["photos_in"] == 5000 and s, 60,
+    stats_a = wait_for(lambda: settled(worker_a, 5000), 60,
                        what="worker A: first 5000 photos clustered")
     _wait_lag_zero(settings_a)
     assert stats_a["pending"] > 0, f"nothing was held back, the test needs a pending pool: {stats_a}"
@@ -162,7 +164,7 @@ def test_changed_settings_are_applied_after_a_restart(settings_factory, worker_f
     ids = photo_ids(0, 4000)
     worker_a = worker_factory(settings_a, name="A")
     produce_events(settings_a, photo_events(ids, to_bytes(codes), batch_size=500))
-    wait_for(lambda: (s := worker_a.stats()) and s["photos_in"] == 4000 and s, 60, what="worker A: 4000 photos")
+    wait_for(lambda: settled(worker_a, 4000), 60, what="worker A: 4000 photos")
     _wait_lag_zero(settings_a)
     stats_a = worker_a.stats()
     assert stats_a["clustering"]["radius"] == 64 and stats_a["clusters"] > 0, stats_a
@@ -181,11 +183,7 @@ def test_changed_settings_are_applied_after_a_restart(settings_factory, worker_f
     ids_2 = photo_ids(4000, 2000)
     codes_2 = noisy_copies(centers, truth[:2000], FLIP, seed=10)
     produce_events(settings_b, photo_events(ids_2, to_bytes(codes_2), batch_size=500))
-    reader = AssignmentReader(settings_b)
-    try:
-        result = reader.collect(ids_2, timeout=90, workers=[worker_b])
-    finally:
-        reader.close()
+    result = collect_outcomes(settings_b, ids_2, timeout=90, workers=[worker_b])
     old_joins = sum(result.final[i]["outcome"] == "joined" and result.final[i]["cluster"] < stats_a["clusters"]
                     for i in ids_2)
     assert old_joins < 20, f"{old_joins} of 2000 photos joined an old cluster at radius 8"
@@ -217,4 +215,4 @@ def test_a_corrupted_state_record_makes_the_worker_exit(settings_factory, worker
     worker = worker_factory(settings, name="corrupt", wait=False)
     assert worker.proc.wait(READY_TIMEOUT_S + 60) != 0, worker.log_tail()
     log = worker.log_path.read_text()
-    assert "event=restore_failed" in log and "centers/0" in log, worker.log_tail()
+    assert "event=restore_failed" in log and "names 5000 clusters but the centers topic holds 0" in log, worker.log_tail()

@@ -1,0 +1,364 @@
+"""The found stage: the paper's Algorithm 2 after the join, on the one worker that owns the single
+partition of ``photoclust-unjoined``. It is the only writer of centers.
+
+Photos that the join stage could not join arrive in batch events; they fill a window of n photos
+(or less, once the oldest has waited ``max_wait_s``). One coroutine clusters the closed windows in
+order, off the event loop, while the agent fills the next one; a bounded queue gives
+backpressure. Each window runs through :meth:`core.online.OnlineClusterer.process`: join against
+every center (a center may be newer than the join stage's copy), Bk-means into n/10 centers, the
+r and t filters, and the pending pool. Then its outcomes, new center blocks and state records go
+through the commit sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.codes import from_bytes
+from core.online import OnlineClusterer, Outcome, WindowResult
+from core.warmup import warm_up
+
+from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_assignments
+from .commit import CommitSequence, Record
+from .config import Settings
+from .crash import crash_worker
+from .dead_letters import DeadLetters
+from .input_order import InputOrderGuard
+from .kafka_io import catch_up, watermarks_of
+from .replica import CentersReplica
+from .state import (
+    CENTERS_PREFIX,
+    META_KEY,
+    PENDING_CHUNK,
+    center_records,
+    n_pending_chunks,
+    restore_clusterer,
+    state_records,
+    stored_input_positions,
+)
+from .store import LocalStore
+
+log = logging.getLogger("photoclust.found")
+
+
+@dataclass
+class Window:
+    """Photos waiting to be clustered, the join stage's join counts, and the messages to ack once done."""
+
+    ids: list[str] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    ts_in: list[float] = field(default_factory=list)
+    joins: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+    dead_letters: DeadLetters = field(default_factory=DeadLetters)
+    opened: float = 0.0  # monotonic time of the first message
+    flush_pending: bool = False  # an idle stream's pending pool is declared noise
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class FoundStage:
+    """Owns the authoritative clusterer; the ``found_clusters`` agent only calls into it."""
+
+    def __init__(self, settings: Settings, app: Any, store: LocalStore, replica: CentersReplica,
+                 commit: CommitSequence, input_order: InputOrderGuard) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store
+        self.replica = replica
+        self.commit = commit
+        self.input_order = input_order
+        # Forwarded photos were validated by the join stage; decoding them again costs little and
+        # keeps a foreign producer on the internal topic from crashing the founder.
+        self.decoder = PhotoDecoder(n_bits=settings.n_bits)
+        self.clusterer: OnlineClusterer | None = None
+        self.window = Window()
+        self._queue: asyncio.Queue[Window] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-core")
+        self._ready = asyncio.Event()
+        self._last_event = time.monotonic()
+        self._idle_flushed = True
+        self._windows_in_flight = 0
+        self._pending_chunks = 0
+        self._stopping = False
+        self._input_positions: dict[tuple[str, int], int] = {}  # next offset per unjoined partition, in the state
+        self._dead_letters_logged = 0
+        self._cluster_task: asyncio.Task | None = None
+        self.counters: dict[str, Any] = {
+            "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
+            "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
+            "last_window": None, "replays_skipped": 0, "restore_seconds": None,
+        }
+
+    # -- start-up ---------------------------------------------------------------------------------
+    async def restore(self) -> None:
+        """Rebuild the clusterer from the centers and state topics (off the event loop), then start
+        clustering.
+
+        A restore that fails or takes longer than ``restore_timeout_s`` (broker away, inconsistent
+        state) crashes the worker with the reason in its log, so that it exits non-zero and its
+        supervisor restarts it; until clustering runs, /health answers 503.
+        """
+        timeout = self.settings.restore_timeout_s
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._restore(), timeout=timeout)
+        except Exception as e:
+            reason = f"not done within restore_timeout_s={timeout:g}" if isinstance(e, asyncio.TimeoutError) else repr(e)
+            log.error("event=restore_failed action=exit reason=%r", reason)
+            await crash_worker(self.app, RuntimeError(f"restore failed: {reason}"), "restore failed")
+            return
+        self.counters["restore_seconds"] = round(time.monotonic() - started, 3)
+        self._queue = asyncio.Queue(maxsize=1)
+        self._last_event = time.monotonic()
+        self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
+        self._ready.set()
+
+    async def _restore(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Compile or load the Numba kernels now, not inside the first window.
+        await loop.run_in_executor(self._executor, warm_up, self.settings.n_bits)
+        # Millions of centers take seconds to read and index: never on the event loop, which must
+        # keep answering heartbeats and the web port meanwhile.
+        self.clusterer, self._input_positions = await loop.run_in_executor(self._executor, self._rebuild)
+        self._pending_chunks = (self.clusterer.n_pending_ + PENDING_CHUNK - 1) // PENDING_CHUNK
+        log.info("event=state_restored clusters=%d pending=%d windows=%d", self.clusterer.n_clusters_,
+                 self.clusterer.n_pending_, self.clusterer.n_windows_)
+
+    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], int]]:
+        """Read both topics to their current end, then rebuild the clusterer with this worker's
+        settings; also the unjoined-topic positions the state reflects (events below them are in
+        the state already: skipped, not re-clustered)."""
+        s = self.settings
+        deadline = time.monotonic() + s.restore_timeout_s
+        _, centers_end = watermarks_of(s, s.centers_topic)
+        self.replica.wait_for(centers_end, timeout=max(0.0, deadline - time.monotonic()))
+        catch_up(s, self.store, s.state_topic, timeout=max(1.0, deadline - time.monotonic()))
+        centers = (value for _, value in self.store.items(s.centers_topic, CENTERS_PREFIX))
+        clusterer, changes = restore_clusterer(centers, lambda key: self.store.get(s.state_topic, key),
+                                               self.clusterer_params())
+        for name, old, new in changes:
+            log.info("event=setting_changed name=%s stored=%r new=%r", name, old, new)
+        return clusterer, stored_input_positions(self.store.get(s.state_topic, META_KEY))
+
+    def clusterer_params(self) -> dict[str, Any]:
+        s = self.settings
+        # A window may overshoot window_size by one forwarded batch event, which is never split.
+        return dict(n_bits=s.n_bits, window_size=s.window_size + self.decoder.max_batch_rows,
+                    new_centers_ratio=s.new_centers_ratio, radius=s.radius, min_cluster_size=s.min_cluster_size,
+                    pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    @property
+    def ready(self) -> bool:
+        """The clusterer is rebuilt and clustering runs."""
+        return self._ready.is_set() and self.clustering_alive()
+
+    def clustering_alive(self) -> bool:
+        """True while the coroutine that clusters windows runs: not before the restore is done,
+        nor after it died (liveness)."""
+        return self._cluster_task is not None and not self._cluster_task.done()
+
+    # -- stopping -----------------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Finish the windows already closed, so that their offsets can be committed on the way out.
+
+        The window still being filled is neither clustered nor acknowledged: its photos have no
+        outcome yet and are redelivered to the next founder, so a graceful stop emits no duplicate.
+        Returns False if the closed windows did not finish within ``timeout`` seconds.
+        """
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        drained = self._windows_in_flight == 0
+        log.info("event=drain drained=%s windows_in_flight=%d parked_photos=%d", drained,
+                 self._windows_in_flight, len(self.window))
+        return drained
+
+    # -- the window ---------------------------------------------------------------------------------
+    async def add_events(self, events: list[Any]) -> None:
+        self._last_event = time.monotonic()
+        for event in events:
+            message = event.message
+            if not await self.input_order.accept(message):
+                continue
+            self.counters["events_in"] += 1
+            if message.offset < self._input_positions.get((message.topic, message.partition), -1):
+                message.ack(self.app.consumer)
+                self.counters["replays_skipped"] += 1
+                continue
+            window = self.window
+            if not window.messages:
+                window.opened = time.monotonic()
+            window.messages.append(message)
+            if message.key == JOINS_KEY:
+                try:
+                    window.joins.append(decode_joins(message.value))
+                except ValueError as e:
+                    window.dead_letters.add(message, [(None, str(e))])
+                continue
+            decoded = self.decoder.decode(message.value, message.key)
+            missing_ts = [row for row, ts in enumerate(decoded.ts) if ts is None]
+            if decoded.errors or missing_ts:
+                window.dead_letters.add(message, decoded.errors + [
+                    (row, f"row {row}: a forwarded photo needs its ts_in") for row in missing_ts])
+            if decoded.ids:
+                keep = [row for row, ts in enumerate(decoded.ts) if ts is not None]
+                window.ids.extend(decoded.ids[row] for row in keep)
+                window.hashes.extend(decoded.hashes[row] for row in keep)
+                window.ts_in.extend(decoded.ts[row] for row in keep)
+                if len(window) >= self.settings.window_size and not self._stopping:
+                    await self._close_window()
+        self._last_event = time.monotonic()
+
+    async def flush_if_due(self) -> None:
+        """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
+        if not self._ready.is_set() or self._stopping:
+            return
+        window, now = self.window, time.monotonic()
+        if window.messages and now - window.opened >= self.settings.max_wait_s:
+            await self._close_window()
+            self._idle_flushed = False
+        elif (not window.messages and self.settings.pending_idle_s > 0 and not self._idle_flushed
+              and self._windows_in_flight == 0 and now - self._last_event >= self.settings.pending_idle_s):
+            # Held-back photos are retried only with new photos; on a stream that went quiet they
+            # would wait forever, so they are declared noise and their consumers get an answer.
+            self._idle_flushed = True
+            assert self._queue is not None
+            await self._queue.put(Window(flush_pending=True))
+
+    async def _close_window(self) -> None:
+        window, self.window = self.window, Window()
+        self._idle_flushed = False
+        assert self._queue is not None
+        # Counted from here until clustered: a backlog being worked off is not an idle stream.
+        self._windows_in_flight += 1
+        await self._queue.put(window)
+        self._last_event = time.monotonic()
+
+    async def _cluster_windows(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            window = await self._queue.get()
+            try:
+                started = time.perf_counter()
+                result = await loop.run_in_executor(self._executor, self._process, window)
+                clustered = time.perf_counter()
+                await self._publish(window, result)
+                if result is not None and not window.flush_pending:
+                    self._log_window(result, len(window), clustered - started, time.perf_counter() - clustered)
+                if not window.flush_pending:
+                    self._windows_in_flight -= 1
+                    self._last_event = time.monotonic()
+            except Exception as e:  # a failed window must not be acked: crash so it is redelivered
+                log.exception("event=window_failed")
+                await crash_worker(self.app, e, "window failed: its photos are redelivered after a restart")
+                raise
+
+    def _process(self, window: Window) -> WindowResult | None:
+        """The core call of a window (in the core thread): the join counts, then the photos."""
+        clusterer = self.clusterer
+        for clusters, counts, ts in window.joins:
+            clusterer.record_joins(clusters, counts, ts)
+        if window.flush_pending:
+            return clusterer.flush(time.time()) if clusterer.n_pending_ else None
+        if not window.ids and not clusterer.n_pending_:
+            return None
+        # A window of join counts only still retries the pending pool: where the join stage takes
+        # every photo, held-back photos would otherwise wait for the idle flush and become noise.
+        codes = from_bytes(window.hashes, self.settings.n_bits) if window.ids else np.zeros(
+            (0, self.settings.n_bits // 64), dtype=np.uint64)
+        return clusterer.process(window.ids, codes, time.time())
+
+    async def _publish(self, window: Window, result: WindowResult | None) -> None:
+        """The window's commit sequence: dead letters, new center blocks, outcomes, then state."""
+        s = self.settings
+        outputs: list[Record] = []
+        centers: list[Record] = []
+        touched = [clusters for clusters, _, _ in window.joins]
+        if result is not None:
+            final = np.flatnonzero(result.is_final)
+            ts_new = np.asarray(window.ts_in, dtype=np.float64)
+            ts_in = np.where(np.arange(len(result)) < result.n_new,
+                             np.concatenate((ts_new, np.zeros(len(result) - result.n_new))), result.first_seen)
+            ids = [result.ids[i] for i in final]
+            values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
+                                        result.window, ts_in[final], time.time())
+            outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
+            if result.n_new_clusters:
+                centers = center_records(self.clusterer, result.n_clusters - result.n_new_clusters, result.window)
+            touched.append(result.touched_clusters)
+            for message in window.messages:
+                tp = (message.topic, message.partition)
+                self._input_positions[tp] = max(self._input_positions.get(tp, 0), message.offset + 1)
+        state: list[Record] = []
+        if result is not None or window.joins:
+            state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),
+                                  self._input_positions, self._pending_chunks)
+        await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, centers),
+                                  (s.output_topic, outputs), (s.state_topic, state)],
+                                 window.messages, s.unjoined_topic)
+        if state:
+            self._pending_chunks = n_pending_chunks(state)
+        window.dead_letters.count_into(self.counters)
+        if result is not None:
+            final_outcomes = result.outcome[result.is_final]
+            counts = self.counters["outcomes"]
+            for outcome in (Outcome.JOINED, Outcome.FOUNDED, Outcome.NOISE):
+                counts[outcome.name.lower()] += int(np.count_nonzero(final_outcomes == outcome))
+            if window.flush_pending:
+                log.info("event=idle_flush idle_s=%.0f noise=%d", s.pending_idle_s, result.n_noise)
+
+    def _log_window(self, result: WindowResult, n_photos: int, seconds: float, publish_seconds: float) -> None:
+        self.counters["windows"] += 1
+        self.counters["photos_in"] += n_photos
+        self.counters["last_window"] = {
+            "window": result.window, "photos": n_photos, "seconds": round(seconds, 3),
+            "publish_seconds": round(publish_seconds, 3),
+            "joined": result.n_joined, "founded": result.n_founded, "held": result.n_held, "noise": result.n_noise,
+            "new_clusters": result.n_new_clusters,
+        }
+        dead_letters = self.counters["dlq_events"] + self.counters["dlq_rows"]
+        log.info("event=window_clustered window=%d photos=%d seconds=%.3f publish_seconds=%.3f joined=%d founded=%d "
+                 "held=%d noise=%d new_clusters=%d clusters=%d pending=%d dead_letters=%d",
+                 result.window, n_photos, seconds, publish_seconds, result.n_joined, result.n_founded,
+                 result.n_held, result.n_noise, result.n_new_clusters, result.n_clusters, result.n_pending,
+                 dead_letters - self._dead_letters_logged)
+        self._dead_letters_logged = dead_letters
+
+    # -- look-ups -----------------------------------------------------------------------------------
+    def cluster(self, cluster_id: int) -> dict[str, Any] | None:
+        """One cluster's center and figures (size and last join counted over both stages)."""
+        clusterer = self.clusterer
+        if clusterer is None or not 0 <= cluster_id < clusterer.n_clusters_:
+            return None
+        return {
+            "cluster": cluster_id,
+            "center": clusterer.centers_[cluster_id].astype(">u8").tobytes().hex(),
+            "size": int(clusterer.sizes_[cluster_id]),
+            "created_ts": float(clusterer.created_ts_[cluster_id]),
+            "updated_ts": float(clusterer.updated_ts_[cluster_id]),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        clusterer = self.clusterer
+        return {
+            **self.counters,
+            "ready": self.ready,
+            "windows_in_flight": self._windows_in_flight,
+            "clusters": clusterer.n_clusters_ if clusterer is not None else 0,
+            "pending": clusterer.n_pending_ if clusterer is not None else 0,
+            "window_fill": len(self.window),
+        }

@@ -1,0 +1,121 @@
+"""The join stage: the first step of the paper's Algorithm 2, on every worker, over the input partitions
+this worker owns.
+
+For each batch of input events: decode them (one dead letter per bad event), join each photo within
+radius r of a center this worker's copy holds (``joined`` outcome, out at once), and forward the
+rest, in batch events, to the single-partition ``photoclust-unjoined`` topic, where the found stage
+clusters them. The join counts per cluster go there too, so that the found stage, the one writer of
+the clusters' state, keeps every cluster's size and last join. The join stage never creates a
+center.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from core.codes import from_bytes
+from core.online import Outcome
+
+from .codecs import JOINS_KEY, PHOTOS_KEY, PhotoDecoder, encode_assignments, encode_forwarded, encode_joins
+from .commit import CommitSequence, Record
+from .config import Settings
+from .crash import crash_worker
+from .dead_letters import DeadLetters
+from .input_order import InputOrderGuard
+from .replica import CentersReplica
+
+
+class JoinStage:
+    """Joins input photos against this worker's copy of the centers; the ``join_photos`` agent calls it."""
+
+    def __init__(self, settings: Settings, app: Any, replica: CentersReplica, commit: CommitSequence,
+                 input_order: InputOrderGuard) -> None:
+        self.settings = settings
+        self.app = app
+        self.replica = replica
+        self.commit = commit
+        self.input_order = input_order
+        self.decoder = PhotoDecoder(n_bits=settings.n_bits)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-join")
+        self.counters: dict[str, int] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
+                                         "dlq_events": 0, "dlq_rows": 0}
+
+    async def wait_ready(self) -> None:
+        """Until this worker's copy of the centers has read the topic to the end it saw at start."""
+        await asyncio.get_running_loop().run_in_executor(None, self.replica.caught_up.wait)
+
+    @property
+    def ready(self) -> bool:
+        return self.replica.caught_up.is_set() and self.replica.alive
+
+    async def process(self, events: list[Any]) -> None:
+        """One batch of input events through decode -> join -> commit sequence; raises on failure
+        (the events are then not acknowledged, and the worker stops)."""
+        try:
+            await self._process(events)
+        except Exception as e:
+            await crash_worker(self.app, e, "join stage failed: its events are redelivered after a restart")
+            raise
+
+    async def _process(self, events: list[Any]) -> None:
+        messages: list[Any] = []
+        dead = DeadLetters()
+        ids: list[str] = []
+        hashes: list[bytes] = []
+        ts_in: list[float] = []
+        for event in events:
+            message = event.message
+            if not await self.input_order.accept(message):
+                continue
+            messages.append(message)
+            decoded = self.decoder.decode(message.value, message.key)
+            if decoded.errors:
+                dead.add(message, decoded.errors)
+            if decoded.ids:
+                default_ts = message.timestamp or time.time()
+                ids.extend(decoded.ids)
+                hashes.extend(decoded.hashes)
+                ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
+        if not messages:
+            return
+        outputs: list[Record] = []
+        forwards: list[Record] = []
+        n_joined = 0
+        if ids:
+            outputs, forwards, n_joined = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._join, ids, hashes, ts_in)
+        s = self.settings
+        await self.commit.commit([(s.dlq_topic, dead.records), (s.output_topic, outputs), (s.unjoined_topic, forwards)],
+                                 messages, s.input_topic)
+        counters = self.counters
+        counters["events_in"] += len(messages)
+        counters["photos_in"] += len(ids)
+        counters["joined"] += n_joined
+        counters["forwarded"] += len(ids) - n_joined
+        dead.count_into(counters)
+
+    def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
+        """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""
+        codes = from_bytes(hashes, self.settings.n_bits)
+        labels, distances, windows_seen = self.replica.join(codes, self.settings.radius)
+        joined = np.flatnonzero(labels >= 0)
+        now = time.time()
+        outputs: list[Record] = []
+        forwards: list[Record] = []
+        if joined.shape[0]:
+            joined_ids = [ids[i] for i in joined]
+            values = encode_assignments(joined_ids, np.full(joined.shape[0], Outcome.JOINED, dtype=np.uint8),
+                                        labels[joined], distances[joined], windows_seen,
+                                        np.asarray(ts_in)[joined], now)
+            outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(joined_ids, values)]
+            clusters, counts = np.unique(labels[joined], return_counts=True)
+            forwards.append((JOINS_KEY, encode_joins(clusters, counts, now)))
+        rest = np.flatnonzero(labels < 0).tolist()
+        forwards += [(PHOTOS_KEY, value) for value in encode_forwarded(
+            [ids[i] for i in rest], [hashes[i] for i in rest], [ts_in[i] for i in rest])]
+        return outputs, forwards, int(joined.shape[0])
