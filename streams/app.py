@@ -160,7 +160,7 @@ def create_app(settings: Settings) -> Worker:
     commit = CommitSequence(settings, app)
     # One guard for both stages' source partitions; it reads Faust's consumer, which exists only
     # once the app runs.
-    input_order = InputOrderGuard(lambda: app.consumer)
+    input_order = InputOrderGuard(lambda: app.consumer, log_start=lambda tp: _log_start(settings, tp))
     join = JoinStage(settings, app, replica, commit, input_order)
     found = FoundStage(settings, app, store, replica, commit, input_order)
     worker = Worker(settings, app, store, replica, join, found)
@@ -256,6 +256,14 @@ def create_app(settings: Settings) -> Worker:
         return web.json(record)
 
     return worker
+async def _log_start(settings: Settings, tp: Any) -> int:
+    """The first offset of a partition, asked of the broker directly (off the event loop)."""
+    from .kafka_io import watermarks_of
+
+    low, _ = await asyncio.get_running_loop().run_in_executor(None, watermarks_of, settings, tp.topic, tp.partition)
+    return low
+
+
 def _agent_alive(agent: Any) -> bool:
     """An agent is alive while one of its actors' tasks runs (Faust keeps them in ``_actors``)."""
     tasks = [getattr(actor, "actor_task", None) for actor in list(agent._actors)]

@@ -820,8 +820,8 @@ PHOTOS_KEY = b"photos"
 JOINS_KEY = b"joins"
 # A forwarded event holds at most this many rows and about this many bytes: below the 1 MiB that
 # Kafka's default max.message.bytes and the decoder's max_event_bytes allow, whatever the ids.
-FORWARD_CHUNK_ROWS = 10_000
-FORWARD_CHUNK_BYTES = 512 * 1024
+FORWARD_CHUNK_ROWS = 1_000
+FORWARD_CHUNK_BYTES = 256 * 1024
 _FORWARD_ROW_OVERHEAD = 16  # msgpack array, str and bin headers, and the float of one row
 
 

@@ -56,6 +56,7 @@ class Window:
     hashes: list[bytes] = field(default_factory=list)
     ts_in: list[float] = field(default_factory=list)
     joins: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
+    n_joined_elsewhere: int = 0  # photos of this part of the stream that the join stage joined
     messages: list[Any] = field(default_factory=list)
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
     opened: float = 0.0  # monotonic time of the first message
@@ -205,8 +206,10 @@ class FoundStage:
             if message.key == JOINS_KEY:
                 try:
                     window.joins.append(decode_joins(message.value))
+                    window.n_joined_elsewhere += int(window.joins[-1][1].sum())
                 except ValueError as e:
                     window.dead_letters.add(message, [(None, str(e))])
+                await self._close_if_full(window)
                 continue
             decoded = self.decoder.decode(message.value, message.key)
             missing_ts = [row for row, ts in enumerate(decoded.ts) if ts is None]
@@ -218,9 +221,14 @@ class FoundStage:
                 window.ids.extend(decoded.ids[row] for row in keep)
                 window.hashes.extend(decoded.hashes[row] for row in keep)
                 window.ts_in.extend(decoded.ts[row] for row in keep)
-                if len(window) >= self.settings.window_size and not self._stopping:
-                    await self._close_window()
+                await self._close_if_full(window)
         self._last_event = time.monotonic()
+
+    async def _close_if_full(self, window: Window) -> None:
+        """A window is n photos of the stream, as in the paper: those the join stage joined count
+        too, so that windows close as often as with one stage, and the pending pool is retried."""
+        if len(window) + window.n_joined_elsewhere >= self.settings.window_size and not self._stopping:
+            await self._close_window()
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""

@@ -2,14 +2,14 @@
 order, starting at the group's committed offset.
 
 It exists because of a race in Faust (0.15.3), described in :meth:`InputOrderGuard.accept`. It
-reads three things of Faust's consumer: ``_committed_offset``, ``earliest_offsets()`` and
+reads three things of Faust's consumer: ``_committed_offset``, ``earliest_offsets()`` (or a faster look-up) and
 ``seek_wait()``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger("photoclust.window")
@@ -18,13 +18,20 @@ log = logging.getLogger("photoclust.window")
 class InputOrderGuard:
     """Decides, event by event, whether an input message is the next one of its partition."""
 
-    def __init__(self, consumer_of: Callable[[], Any]) -> None:
-        """``consumer_of()`` returns Faust's consumer (which exists only once the app runs)."""
+    def __init__(self, consumer_of: Callable[[], Any],
+                 log_start: Callable[[Any], Awaitable[int | None]] | None = None) -> None:
+        """``consumer_of()`` returns Faust's consumer (which exists only once the app runs);
+        ``log_start(tp)`` the first offset of a partition (default: ask Faust's consumer, whose
+        thread may first sit out a fetch wait of up to 1.5 s)."""
         self._consumer_of = consumer_of
+        self._log_start = log_start or self._log_start_from_faust
         # Next input offset the window takes, per partition, and the partitions being re-fetched after
         # Faust lost events: [highest offset seen since the seek, offset the last re-fetch began with].
         self._next_offset: dict[tuple[str, int], int] = {}
         self._refetching: dict[tuple[str, int], list[int]] = {}
+
+    async def _log_start_from_faust(self, tp: Any) -> int | None:
+        return (await self._consumer_of().earliest_offsets(tp)).get(tp)
 
     def on_rebalance(self) -> None:
         """Faust seeks every assigned partition to its committed offset: no re-fetch is pending."""
@@ -56,7 +63,7 @@ class InputOrderGuard:
         if expected is None:
             # A group with no committed offset starts at the log start (consumer_auto_offset_reset).
             if committed is None:
-                committed = (await self._consumer_of().earliest_offsets(message.tp)).get(message.tp)
+                committed = await self._log_start(message.tp)
             expected = committed if committed is not None else offset
         elif committed is not None and committed > expected:  # another worker took the events in between
             expected = committed

@@ -103,11 +103,11 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
             time.sleep(0.2)
 
 
-def watermarks_of(settings: Settings, topic: str, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermarks of partition 0 of ``topic``."""
+def watermarks_of(settings: Settings, topic: str, partition: int = 0, timeout: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks of a partition of ``topic``."""
     consumer = Consumer(settings.confluent_config(**{"group.id": f"{settings.app_id}-watermarks"}))
     try:
-        return watermarks(consumer, TopicPartition(topic, 0), timeout)
+        return watermarks(consumer, TopicPartition(topic, partition), timeout)
     finally:
         consumer.close()
 

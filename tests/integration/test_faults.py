@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from kafka_support import (
     AssignmentReader,
+    DeadLetterReader,
     PrivateBroker,
     centers_history,
     get_json,
@@ -69,6 +70,14 @@ def _produce_slowly(settings, events, per_second: float) -> threading.Thread:
     return thread
 
 
+def _all_dead_letters(settings, n: int) -> list[dict]:
+    reader = DeadLetterReader(settings)
+    try:
+        return reader.collect(n, timeout=60)
+    finally:
+        reader.close()
+
+
 def _committed(settings) -> int:
     rows = consumer_lag(settings)
     assert len(rows) == 1, rows
@@ -101,7 +110,10 @@ def test_sigkill_mid_window_loses_nothing(settings_factory, worker_factory, guar
     worker_a = worker_factory(settings, name="A")
     placed = produce_events(settings, events[:first])
     wait_for(lambda: (s := worker_a.stats()) and s["windows"] >= 2, 120, what="worker A: two windows done")
-    producer = _produce_slowly(settings, events[first:], per_second=40)
+    # A bad event after every 10th event of the slow half: dead letters in flight at the kill too.
+    slow = [event for n, event in enumerate(events[first:])
+            for event in ([event, (b"bad", b"\xc1 not msgpack")] if n % 10 == 0 else [event])]
+    producer = _produce_slowly(settings, slow, per_second=40)
     stats_at_kill = _wait_mid_window(worker_a)
     worker_a.kill()
     producer.join(120)
@@ -129,8 +141,9 @@ def test_sigkill_mid_window_loses_nothing(settings_factory, worker_factory, guar
     restored = re.search(r"event=state_restored clusters=\d+ pending=\d+ windows=(\d+)", worker_b.log_path.read_text())
     assert restored, worker_b.log_tail()
     first_window_b = int(restored.group(1))
-    placed += producer.placed
-    uncommitted = {ids[i] for i in range(len(ids)) if placed[i // BATCH][1] >= committed}
+    photo_placed = placed + [where for (key, _), where in zip(slow, producer.placed) if key != b"bad"]
+    bad_offsets = [where[1] for (key, _), where in zip(slow, producer.placed) if key == b"bad"]
+    uncommitted = {ids[i] for i in range(len(ids)) if photo_placed[i // BATCH][1] >= committed}
     in_flight = {photo for photo, event in outcomes_a.items()
                  if event["window"] >= first_window_b or photo in uncommitted}
     duplicates = sum(result.duplicates.values())
@@ -150,6 +163,15 @@ def test_sigkill_mid_window_loses_nothing(settings_factory, worker_factory, guar
         assert duplicates == 0, f"exactly_once: {duplicates} duplicate outcomes, e.g. {result.duplicates.most_common(5)}"
     labels = labels_of(result, ids)
     assert purity(labels, truth, ignore_noise=True) >= 0.95
+
+    # Every bad event has its dead letter; only one whose offset A had not committed may have two,
+    # and none with exactly_once.
+    letters = Counter(letter["offset"] for letter in _all_dead_letters(settings, len(bad_offsets)))
+    assert set(letters) == set(bad_offsets), (sorted(letters), bad_offsets)
+    twice = [offset for offset, n in letters.items() if n > 1]
+    assert all(offset >= committed for offset in twice), (twice, committed)
+    if guarantee == "exactly_once":
+        assert not twice, f"exactly_once: dead letters written twice for offsets {twice}"
 
     # No cluster id ever had two centers in the public centers topic, and the restarted worker
     # serves exactly its centers.
