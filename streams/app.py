@@ -62,7 +62,9 @@ class PhotoclustApp(faust.App):
 
     async def on_stop(self) -> None:
         if self.photoclust is not None:
-            await self.photoclust.found.drain(self.photoclust.settings.drain_timeout_s)
+            timeout = self.photoclust.settings.drain_timeout_s
+            await self.photoclust.join.drain(timeout)
+            await self.photoclust.found.drain(timeout)
         await super().on_stop()
 
 
@@ -204,7 +206,8 @@ def create_app(settings: Settings) -> Worker:
     async def health(web: Any, request: Any) -> Response:
         """Liveness: this answer proves the event loop runs; the agents, the clustering task and the
         centers reader must be alive too."""
-        checks = {"event_loop": True, "clustering": found.clustering_alive(), "centers_reader": replica.alive,
+        checks = {"event_loop": True, "clustering": found.clustering_alive(), "joining": join.alive(),
+                  "centers_reader": replica.alive,
                   "agents": all(_agent_alive(agent) for agent in (join_photos, found_clusters))}
         return web.json({"ok": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
 

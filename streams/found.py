@@ -57,6 +57,8 @@ class Window:
     ts_in: list[float] = field(default_factory=list)
     joins: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
     n_joined_elsewhere: int = 0  # photos of this part of the stream that the join stage joined
+    split: tuple[str, int, int, int] | None = None  # (topic, partition, offset, rows taken) of an event
+    # whose remaining photos went to the next window; it is acknowledged with that one
     messages: list[Any] = field(default_factory=list)
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
     opened: float = 0.0  # monotonic time of the first message
@@ -64,6 +66,10 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.messages or self.ids or self.joins)
 
 
 class FoundStage:
@@ -90,7 +96,8 @@ class FoundStage:
         self._windows_in_flight = 0
         self._pending_chunks = 0
         self._stopping = False
-        self._input_positions: dict[tuple[str, int], int] = {}  # next offset per unjoined partition, in the state
+        # per unjoined partition, the next (offset, row) the state does not hold yet
+        self._input_positions: dict[tuple[str, int], tuple[int, int]] = {}
         self._dead_letters_logged = 0
         self._cluster_task: asyncio.Task | None = None
         self.counters: dict[str, Any] = {
@@ -134,7 +141,7 @@ class FoundStage:
         log.info("event=state_restored clusters=%d pending=%d windows=%d", self.clusterer.n_clusters_,
                  self.clusterer.n_pending_, self.clusterer.n_windows_)
 
-    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], int]]:
+    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], tuple[int, int]]]:
         """Read both topics to their current end, then rebuild the clusterer with this worker's
         settings; also the unjoined-topic positions the state reflects (events below them are in
         the state already: skipped, not re-clustered)."""
@@ -195,15 +202,16 @@ class FoundStage:
             if not await self.input_order.accept(message):
                 continue
             self.counters["events_in"] += 1
-            if message.offset < self._input_positions.get((message.topic, message.partition), -1):
+            tp = (message.topic, message.partition)
+            next_offset, next_row = self._input_positions.get(tp, (-1, 0))
+            if message.offset < next_offset:  # in the stored state already: skip, do not re-cluster
                 message.ack(self.app.consumer)
                 self.counters["replays_skipped"] += 1
                 continue
-            window = self.window
-            if not window.messages:
-                window.opened = time.monotonic()
-            window.messages.append(message)
+            first_row = next_row if message.offset == next_offset else 0
             if message.key == JOINS_KEY:
+                window = self._open_window()
+                window.messages.append(message)
                 try:
                     window.joins.append(decode_joins(message.value))
                     window.n_joined_elsewhere += int(window.joins[-1][1].sum())
@@ -213,16 +221,40 @@ class FoundStage:
                 continue
             decoded = self.decoder.decode(message.value, message.key)
             missing_ts = [row for row, ts in enumerate(decoded.ts) if ts is None]
-            if decoded.errors or missing_ts:
-                window.dead_letters.add(message, decoded.errors + [
-                    (row, f"row {row}: a forwarded photo needs its ts_in") for row in missing_ts])
-            if decoded.ids:
-                keep = [row for row, ts in enumerate(decoded.ts) if ts is not None]
-                window.ids.extend(decoded.ids[row] for row in keep)
-                window.hashes.extend(decoded.hashes[row] for row in keep)
-                window.ts_in.extend(decoded.ts[row] for row in keep)
-                await self._close_if_full(window)
+            errors = decoded.errors + [(row, f"row {row}: a forwarded photo needs its ts_in") for row in missing_ts]
+            rows = [row for row, ts in enumerate(decoded.ts) if ts is not None][first_row:]
+            await self._add_rows(message, decoded, rows, first_row, errors)
         self._last_event = time.monotonic()
+
+    def _open_window(self) -> Window:
+        """The window being filled, its clock started by its first content."""
+        window = self.window
+        if window.empty:
+            window.opened = time.monotonic()
+        return window
+
+    async def _add_rows(self, message: Any, decoded: Any, rows: list[int], taken: int,
+                        errors: list[tuple[int | None, str]]) -> None:
+        """Put an event's photos into windows of exactly n: an event that does not fit is split, and
+        acknowledged (with its dead letter, if any) by the window that takes its last photo. The
+        window that takes its first photos records how many (``split``), so that a restart skips
+        exactly those."""
+        while True:
+            window = self._open_window()
+            room = self.settings.window_size - (len(window) + window.n_joined_elsewhere)
+            part = rows if self._stopping or room >= len(rows) else rows[:max(room, 0)]
+            window.ids.extend(decoded.ids[row] for row in part)
+            window.hashes.extend(decoded.hashes[row] for row in part)
+            window.ts_in.extend(decoded.ts[row] for row in part)
+            rows, taken = rows[len(part):], taken + len(part)
+            if not rows:
+                window.messages.append(message)
+                if errors:
+                    window.dead_letters.add(message, errors)
+                await self._close_if_full(window)
+                return
+            window.split = (message.topic, message.partition, message.offset, taken)
+            await self._close_window()
 
     async def _close_if_full(self, window: Window) -> None:
         """A window is n photos of the stream, as in the paper: those the join stage joined count
@@ -235,10 +267,10 @@ class FoundStage:
         if not self._ready.is_set() or self._stopping:
             return
         window, now = self.window, time.monotonic()
-        if window.messages and now - window.opened >= self.settings.max_wait_s:
+        if not window.empty and now - window.opened >= self.settings.max_wait_s:
             await self._close_window()
             self._idle_flushed = False
-        elif (not window.messages and self.settings.pending_idle_s > 0 and not self._idle_flushed
+        elif (window.empty and self.settings.pending_idle_s > 0 and not self._idle_flushed
               and self._windows_in_flight == 0 and now - self._last_event >= self.settings.pending_idle_s):
             # Held-back photos are retried only with new photos; on a stream that went quiet they
             # would wait forever, so they are declared noise and their consumers get an answer.
@@ -310,7 +342,10 @@ class FoundStage:
             touched.append(result.touched_clusters)
             for message in window.messages:
                 tp = (message.topic, message.partition)
-                self._input_positions[tp] = max(self._input_positions.get(tp, 0), message.offset + 1)
+                self._input_positions[tp] = max(self._input_positions.get(tp, (0, 0)), (message.offset + 1, 0))
+            if window.split is not None:
+                topic, partition, offset, taken = window.split
+                self._input_positions[(topic, partition)] = (offset, taken)
         state: list[Record] = []
         if result is not None or window.joins:
             state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,17 @@ from .input_order import InputOrderGuard
 from .replica import CentersReplica
 
 
+@dataclass
+class _Batch:
+    """Decoded input events on their way through the join and the commit sequence."""
+
+    messages: list[Any] = field(default_factory=list)
+    dead: DeadLetters = field(default_factory=DeadLetters)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    ts_in: list[float] = field(default_factory=list)
+
+
 class JoinStage:
     """Joins input photos against this worker's copy of the centers; the ``join_photos`` agent calls it."""
 
@@ -42,6 +54,9 @@ class JoinStage:
         self.input_order = input_order
         self.decoder = PhotoDecoder(n_bits=settings.n_bits)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-join")
+        self._queue: asyncio.Queue[_Batch] | None = None
+        self._task: asyncio.Task | None = None
+        self._in_flight = 0  # batches taken and not yet committed
         self.counters: dict[str, int] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
                                          "dlq_events": 0, "dlq_rows": 0}
 
@@ -54,50 +69,71 @@ class JoinStage:
         return self.replica.caught_up.is_set() and self.replica.alive
 
     async def process(self, events: list[Any]) -> None:
-        """One batch of input events through decode -> join -> commit sequence; raises on failure
-        (the events are then not acknowledged, and the worker stops)."""
-        try:
-            await self._process(events)
-        except Exception as e:
-            await crash_worker(self.app, e, "join stage failed: its events are redelivered after a restart")
-            raise
+        """Decode a batch of input events and queue it; the joining and the commit sequence run in
+        their own task, in order, while the agent takes the next batch (a bounded queue gives
+        backpressure). A failure stops the worker: the events are then not acknowledged."""
+        if self._task is None:
+            self._queue = asyncio.Queue(maxsize=2)
+            self._task = asyncio.get_running_loop().create_task(self._join_and_commit())
+        batch = await self._decode(events)
+        if batch is not None:
+            assert self._queue is not None
+            self._in_flight += 1
+            await self._queue.put(batch)
 
-    async def _process(self, events: list[Any]) -> None:
-        messages: list[Any] = []
-        dead = DeadLetters()
-        ids: list[str] = []
-        hashes: list[bytes] = []
-        ts_in: list[float] = []
+    async def drain(self, timeout: float) -> bool:
+        """Finish the batches already taken, so that a graceful stop commits what it sent."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and self.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self._in_flight == 0
+
+    def alive(self) -> bool:
+        """False once the task that joins and commits has died (liveness)."""
+        return self._task is None or not self._task.done()
+
+    async def _decode(self, events: list[Any]) -> _Batch | None:
+        batch = _Batch()
         for event in events:
             message = event.message
             if not await self.input_order.accept(message):
                 continue
-            messages.append(message)
+            batch.messages.append(message)
             decoded = self.decoder.decode(message.value, message.key)
             if decoded.errors:
-                dead.add(message, decoded.errors)
+                batch.dead.add(message, decoded.errors)
             if decoded.ids:
                 default_ts = message.timestamp or time.time()
-                ids.extend(decoded.ids)
-                hashes.extend(decoded.hashes)
-                ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
-        if not messages:
-            return
-        outputs: list[Record] = []
-        forwards: list[Record] = []
-        n_joined = 0
-        if ids:
-            outputs, forwards, n_joined = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._join, ids, hashes, ts_in)
+                batch.ids.extend(decoded.ids)
+                batch.hashes.extend(decoded.hashes)
+                batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
+        return batch if batch.messages else None
+
+    async def _join_and_commit(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
         s = self.settings
-        await self.commit.commit([(s.dlq_topic, dead.records), (s.output_topic, outputs), (s.unjoined_topic, forwards)],
-                                 messages, s.input_topic)
-        counters = self.counters
-        counters["events_in"] += len(messages)
-        counters["photos_in"] += len(ids)
-        counters["joined"] += n_joined
-        counters["forwarded"] += len(ids) - n_joined
-        dead.count_into(counters)
+        while True:
+            batch = await self._queue.get()
+            try:
+                outputs: list[Record] = []
+                forwards: list[Record] = []
+                n_joined = 0
+                if batch.ids:
+                    outputs, forwards, n_joined = await loop.run_in_executor(
+                        self._executor, self._join, batch.ids, batch.hashes, batch.ts_in)
+                await self.commit.commit([(s.dlq_topic, batch.dead.records), (s.output_topic, outputs),
+                                          (s.unjoined_topic, forwards)], batch.messages, s.input_topic)
+            except Exception as e:
+                await crash_worker(self.app, e, "join stage failed: its events are redelivered after a restart")
+                raise
+            self._in_flight -= 1
+            counters = self.counters
+            counters["events_in"] += len(batch.messages)
+            counters["photos_in"] += len(batch.ids)
+            counters["joined"] += n_joined
+            counters["forwarded"] += len(batch.ids) - n_joined
+            batch.dead.count_into(counters)
 
     def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
         """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""

@@ -47,7 +47,9 @@ CHANGEABLE_PARAMS = ("window_size", "new_centers_ratio", "radius", "min_cluster_
 FIXED_PARAMS = ("n_bits",)
 
 Record = tuple[bytes, bytes | None]
-InputPositions = Mapping[tuple[str, int], int]
+# (topic, partition) -> the next (offset, row) the state does not hold: events below the offset, and
+# the first ``row`` photos of the event at it (split across two windows), are in the state.
+InputPositions = Mapping[tuple[str, int], tuple[int, int]]
 
 
 def center_key(block: int) -> bytes:
@@ -119,8 +121,8 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     ids (``None``: all), the pending pool (with tombstones for chunks it no longer uses, of the
     ``previous_chunks`` stored), and ``meta`` last.
 
-    ``input_positions`` maps (topic, partition) to the next input offset the state reflects; a
-    restarted found stage skips redelivered events below it instead of clustering them twice.
+    ``input_positions`` maps (topic, partition) to the next (offset, row) the state does not reflect;
+    a restarted found stage skips what comes before instead of clustering it twice.
     """
     sizes, updated = clusterer.sizes_, clusterer.updated_ts_
     state = clusterer.export_state(include_centers=False)
@@ -148,8 +150,8 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     meta = {name: state[name] for name in _PARAMS}
     meta.update(format=STATE_FORMAT, n_windows=state["n_windows"], n_clusters=n_clusters,
                 n_pending=n_pending, n_pending_chunks=n_chunks,
-                input_positions=sorted([topic, partition, offset]
-                                       for (topic, partition), offset in (input_positions or {}).items()))
+                input_positions=sorted([topic, partition, offset, row]
+                                       for (topic, partition), (offset, row) in (input_positions or {}).items()))
     records.append((META_KEY, msgpack.packb(meta, use_bin_type=True)))
     return records
 
@@ -173,11 +175,12 @@ def param_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any],
     return [(name, stored.get(name), wanted[name]) for name in names if stored.get(name) != wanted[name]]
 
 
-def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], int]:
+def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], tuple[int, int]]:
     """The input positions a stored ``meta`` record reflects (empty without state)."""
     if raw_meta is None:
         return {}
-    return {(topic, partition): offset for topic, partition, offset in msgpack.unpackb(raw_meta).get("input_positions", [])}
+    return {(topic, partition): (offset, row)
+            for topic, partition, offset, row in msgpack.unpackb(raw_meta).get("input_positions", [])}
 
 
 # -- rebuilding the found stage's clusterer ---------------------------------------------------------

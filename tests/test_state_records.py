@@ -149,5 +149,5 @@ def test_input_positions_travel_with_the_state():
     ids, codes = _windows(1)[0]
     live, topics = _live(), Topics()
     assert state.stored_input_positions(None) == {}
-    topics.write(live, live.process(ids, codes, now=1.0), {("unjoined", 0): 250})
-    assert state.stored_input_positions(topics.state[state.META_KEY]) == {("unjoined", 0): 250}
+    topics.write(live, live.process(ids, codes, now=1.0), {("unjoined", 0): (250, 17)})
+    assert state.stored_input_positions(topics.state[state.META_KEY]) == {("unjoined", 0): (250, 17)}

@@ -1,0 +1,81 @@
+"""The found stage's windows of exactly n photos (streams.found), without Kafka: a forwarded event
+that does not fit is split across two windows, acknowledged with the second, and a restart skips
+exactly the photos the first window took."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from streams.codecs import PHOTOS_KEY, encode_forwarded
+from streams.config import Settings
+from streams.found import FoundStage
+
+TOPIC = "photoclust-unjoined"
+
+
+@dataclass
+class Message:
+    offset: int
+    value: bytes
+    topic: str = TOPIC
+    partition: int = 0
+    key: bytes = PHOTOS_KEY
+    acked: list[int] = field(default_factory=list)
+
+    @property
+    def tp(self):
+        return (self.topic, self.partition)
+
+    def ack(self, consumer) -> None:
+        self.acked.append(self.offset)
+
+
+class AcceptAll:
+    async def accept(self, message) -> bool:
+        return True
+
+
+def _events(n_events: int, rows: int) -> list[SimpleNamespace]:
+    events = []
+    for e in range(n_events):
+        ids = [f"e{e}-r{r}" for r in range(rows)]
+        value, = encode_forwarded(ids, [bytes([e, r]) * 16 for r in range(rows)], [float(e)] * rows)
+        events.append(SimpleNamespace(message=Message(e, value)))
+    return events
+
+
+def _stage(window_size: int) -> FoundStage:
+    stage = FoundStage(Settings(window_size=window_size), SimpleNamespace(consumer=None), None, None, None, AcceptAll())
+    stage._queue = asyncio.Queue()
+    return stage
+
+
+def _closed(stage: FoundStage) -> list:
+    windows = []
+    while not stage._queue.empty():
+        windows.append(stage._queue.get_nowait())
+    return windows
+
+
+def test_an_event_that_does_not_fit_is_split_and_acked_with_its_last_window():
+    stage = _stage(window_size=10)
+    asyncio.run(stage.add_events(_events(3, rows=7)))
+    first, second = _closed(stage)
+    assert first.ids == [f"e0-r{r}" for r in range(7)] + ["e1-r0", "e1-r1", "e1-r2"]
+    assert [m.offset for m in first.messages] == [0] and first.split == (TOPIC, 0, 1, 3)
+    assert second.ids == [f"e1-r{r}" for r in range(3, 7)] + [f"e2-r{r}" for r in range(6)]
+    assert [m.offset for m in second.messages] == [1] and second.split == (TOPIC, 0, 2, 6)
+    assert stage.window.ids == ["e2-r6"] and [m.offset for m in stage.window.messages] == [2]
+
+
+def test_a_restart_skips_exactly_what_the_stored_state_holds():
+    stage = _stage(window_size=10)
+    stage._input_positions = {(TOPIC, 0): (1, 3)}  # event 0, and 3 photos of event 1, are stored
+    events = _events(3, rows=7)
+    asyncio.run(stage.add_events(events))
+    assert events[0].message.acked == [0] and stage.counters["replays_skipped"] == 1
+    first, = _closed(stage)
+    assert first.ids == [f"e1-r{r}" for r in range(3, 7)] + [f"e2-r{r}" for r in range(6)]
+    assert stage.window.ids == ["e2-r6"]
