@@ -18,8 +18,8 @@ N_PHOTOS = 60_000
 
 
 def test_no_idle_flush_while_a_backlog_is_processed(settings_factory, worker_factory):
-    # one window per batch event (window_size 1), so that one take of events makes many windows
-    settings = settings_factory(window_size=1, pending_idle_s=1.0)
+    # one window per batch event of 500 photos, so that one take of events makes many windows
+    settings = settings_factory(window_size=500, pending_idle_s=1.0)
     ensure_topics(settings)
     codes, _, _ = planted_codes(N_PHOTOS, 300, flip_prob=0.1, random_state=4)
     ids = photo_ids(0, N_PHOTOS)
