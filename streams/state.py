@@ -200,7 +200,10 @@ def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], byt
     raw_meta = get(META_KEY)
     meta = msgpack.unpackb(raw_meta) if raw_meta is not None else None
     if meta is not None and meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"stored state has format {meta.get('format')!r}, expected {STATE_FORMAT}")
+        hint = (" (written by the one-stage worker, which kept the centers in the state topic; this version "
+                "keeps them in the centers topic and cannot read it: start with a new app_id and topics)"
+                if meta.get("format") == 1 else "")
+        raise ValueError(f"stored state has format {meta.get('format')!r}, expected {STATE_FORMAT}{hint}")
     stored = {name: meta[name] for name in _PARAMS} if meta is not None else dict(params)
     refused = param_changes(stored, params, FIXED_PARAMS)
     if refused:
