@@ -16,12 +16,10 @@ broker of ``deploy/kafka/broker.sh``, which must be running). Saves
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import kafka_support as ks  # noqa: E402
+from report import save_report  # noqa: E402
 
 from core.online import OnlineClusterer  # noqa: E402
 from streams.config import Settings  # noqa: E402
@@ -99,14 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     local = start_until_ready(settings.replace(web_port=ks.free_port()), "local", workdir, args.timeout, args.centers)
     print(f"local store (data dir kept): ready {local['process_start_to_ready_s']} s after process start, "
           f"restore {local['restore_seconds']} s, RSS {local['rss_mb']} MB")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"restore_{stamp}.json"
-    path.write_text(json.dumps({"centers": args.centers, "filled": filled, "fresh_data_dir": fresh,
-                                "local_store": local, "machine": os.uname().nodename, "nproc": os.cpu_count()},
-                               indent=2))
-    print(f"saved {path}")
+    save_report(args.out, "restore", {"centers": args.centers, "filled": filled, "fresh_data_dir": fresh,
+                                      "local_store": local, "machine": os.uname().nodename, "nproc": os.cpu_count()})
     return 0
 
 

@@ -17,9 +17,10 @@ import json
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from report import save_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,13 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(set(old_rates) | set(new_rates)):
         print(f"{name:<36} {old_rates.get(name, float('nan')):>14,.0f} {new_rates.get(name, float('nan')):>14,.0f} "
               f"{ratios.get(name, float('nan')):>8.3f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"compare_{stamp}.json"
-    path.write_text(json.dumps({"old_rev": rev, "new_rev": head, "bench_args": bench_args, "ratios": ratios,
-                                "old": old, "new": new}, indent=2))
-    print(f"saved {path}")
+    save_report(args.out, "compare", {"old_rev": rev, "new_rev": head, "bench_args": bench_args, "ratios": ratios,
+                                      "old": old, "new": new})
     return 0
 
 
