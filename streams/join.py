@@ -57,6 +57,7 @@ class JoinStage:
         self._queue: asyncio.Queue[_Batch] | None = None
         self._task: asyncio.Task | None = None
         self._in_flight = 0  # batches taken and not yet committed
+        self._stopping = False
         self.counters: dict[str, int] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
                                          "dlq_events": 0, "dlq_rows": 0}
 
@@ -72,6 +73,8 @@ class JoinStage:
         """Decode a batch of input events and queue it; the joining and the commit sequence run in
         their own task, in order, while the agent takes the next batch (a bounded queue gives
         backpressure). A failure stops the worker: the events are then not acknowledged."""
+        if self._stopping:  # not acknowledged: the next owner of the partition takes these events
+            return
         if self._task is None:
             self._queue = asyncio.Queue(maxsize=2)
             self._task = asyncio.get_running_loop().create_task(self._join_and_commit())
@@ -82,7 +85,9 @@ class JoinStage:
             await self._queue.put(batch)
 
     async def drain(self, timeout: float) -> bool:
-        """Finish the batches already taken, so that a graceful stop commits what it sent."""
+        """Finish the batches already taken, so that a graceful stop commits what it sent, and take
+        no new one: nothing is sent after the stop began."""
+        self._stopping = True
         deadline = time.monotonic() + timeout
         while self._in_flight and self.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -37,3 +37,15 @@ def images(tmp_path: Path) -> Path:
 @pytest.fixture
 def pdq() -> None:
     pytest.importorskip("pdqhash", reason="pdqhash is not installed (pip install pdqhash)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Destroy the Kafka clients the tests left behind while the interpreter is still whole.
+
+    librdkafka clients (producers and admin clients have no close()) are otherwise destroyed
+    during interpreter shutdown, where their log and delivery callbacks can no longer reach Python;
+    one CI run here ended, after every test had been reported, in a segmentation fault of the test
+    process (the cause was not pinned down)."""
+    import gc
+
+    gc.collect()
