@@ -133,7 +133,8 @@ def test_match_answers_from_the_copy_of_the_centers(settings_factory, worker_fac
     settings = settings_factory(window_size=3000)
     worker = worker_factory(settings, name="match")
     produce_events(settings, photo_events(ids, to_bytes(codes), batch_size=500))
-    wait_for(lambda: settled(worker, 3000), 60, what="3000 photos clustered")
+    wait_for(lambda: (s := settled(worker, 3000)) and s["join"]["centers"] == s["clusters"] > 0, 60,
+             what="3000 photos clustered, and every center in the worker's copy")
     base = f"http://127.0.0.1:{settings.web_port}"
     rng = np.random.default_rng(0)
     probe = centers[3:4].copy()
