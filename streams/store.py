@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -74,9 +73,3 @@ class LocalStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> "LocalStore":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
