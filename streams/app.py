@@ -81,12 +81,25 @@ class Worker:
     lag_rows: list[Any] | None = None  # the group's lag per input partition, refreshed by a timer
     lag_errors: int = 0
     rebalances: int = 0
+    assigned: bool = False  # the group has given this worker its share (maybe no partition) once
     _lag_probe: Any = None
 
     async def start(self) -> None:
-        """Load this worker's copy of the centers, then restore the found stage (both off the loop)."""
+        """Load this worker's copy of the centers (off the loop); the found stage restores when
+        Kafka assigns this worker the unjoined partition."""
         await asyncio.get_running_loop().run_in_executor(None, self.replica.start)
-        await self.found.restore()
+        self.found.replica_loaded.set()
+
+    def on_assigned(self, assigned: Any) -> None:
+        self.rebalances += 1
+        self.assigned = True
+        self.join.resume()
+        self.found.on_assigned(assigned)
+
+    async def on_revoked(self, revoked: Any) -> None:
+        """Finish both stages' work in flight while its offsets are still this worker's to commit."""
+        timeout = self.settings.drain_timeout_s
+        await asyncio.gather(self.join.pause(timeout), self.found.on_revoked(revoked, timeout))
 
     async def refresh_lag(self) -> None:
         """Ask the broker for the group's committed and log-end offsets (off the event loop)."""
@@ -101,12 +114,38 @@ class Worker:
         if self._lag_probe is None:
             from .kafka_io import LagProbe
 
-            self._lag_probe = LagProbe(self.settings, timeout=10.0)
+            self._lag_probe = LagProbe(self.settings, topics=[self.settings.input_topic, self.settings.unjoined_topic],
+                                       timeout=10.0)
         return self._lag_probe.rows()
 
     @property
     def ready(self) -> bool:
-        return self.join.ready and self.found.ready
+        """Its copy of the centers caught up, its share assigned, and, on the founder, the found
+        stage restored."""
+        return self.join.ready and self.assigned and (self.found.ready or not self.found.owner)
+
+    async def cluster(self, cluster_id: int) -> dict[str, Any] | None:
+        """One cluster's figures: from the founder's clusterer on the founder; elsewhere from the
+        centers and state topics, read into this worker's store (the state topic on demand)."""
+        if self.found.owner:
+            return self.found.cluster(cluster_id)
+        from .kafka_io import catch_up
+        from .state import stored_cluster
+
+        s, store = self.settings, self.store
+
+        def look_up() -> dict[str, Any] | None:
+            catch_up(s, store, s.state_topic, timeout=30.0)
+            return stored_cluster(cluster_id, lambda key: store.get(s.centers_topic, key),
+                                  lambda key: store.get(s.state_topic, key))
+
+        return await asyncio.get_running_loop().run_in_executor(None, look_up)
+
+    @property
+    def unjoined_lag(self) -> int | None:
+        """Photo events waiting for the founder: the alarm that it falls behind."""
+        rows = [row for row in self.lag_rows or () if row.topic == self.settings.unjoined_topic]
+        return sum(row.lag for row in rows) if rows else None
 
     def stats(self) -> dict[str, Any]:
         """The counters of both stages, as /stats and /metrics show them."""
@@ -117,13 +156,17 @@ class Worker:
         return {
             **found,
             "ready": self.ready,
+            "role": found["role"],
+            "unjoined_lag": self.unjoined_lag,
             "events_in": join["events_in"],
             "photos_in": join["photos_in"],
             "outcomes": outcomes,
             "dlq_events": join["dlq_events"] + found["dlq_events"],
             "dlq_rows": join["dlq_rows"] + found["dlq_rows"],
             "join": {**join, "centers": self.replica.index.n_centers_, "centers_lag": self.replica.lag},
-            "found": {name: found[name] for name in ("events_in", "photos_in", "outcomes", "windows")},
+            "found": {name: found[name] for name in ("events_in", "photos_in", "outcomes", "windows", "cpu_seconds",
+                                                     "restores", "kept_state", "restore_seconds", "ready_at")},
+            "replica": self.replica.stats(),
             "rebalances": self.rebalances,
             "lag_errors": self.lag_errors,
             "rss_bytes": resident_memory_bytes(),
@@ -145,6 +188,8 @@ def create_app(settings: Settings) -> Worker:
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=FAUST_COMMIT_INTERVAL_S,
         broker_commit_every=1 << 40,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -162,7 +207,8 @@ def create_app(settings: Settings) -> Worker:
     commit = CommitSequence(settings, app)
     # One guard for both stages' source partitions; it reads Faust's consumer, which exists only
     # once the app runs.
-    input_order = InputOrderGuard(lambda: app.consumer, log_start=lambda tp: _log_start(settings, tp))
+    input_order = InputOrderGuard(lambda: app.consumer, resume_offset=lambda tp: _resume_offset(settings, tp),
+                                  gaps_after_start=settings.processing_guarantee == "exactly_once")
     join = JoinStage(settings, app, replica, commit, input_order)
     found = FoundStage(settings, app, store, replica, commit, input_order)
     worker = Worker(settings, app, store, replica, join, found)
@@ -196,11 +242,16 @@ def create_app(settings: Settings) -> Worker:
     async def start_stages() -> None:
         await worker.start()
 
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        await worker.on_revoked(revoked)
+        input_order.forget(revoked)
+
     @app.on_partitions_assigned.connect
-    async def log_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        worker.rebalances += 1
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         input_order.on_rebalance()  # Faust seeks every assigned partition to its committed offset
         log.info("event=rebalance assigned=%s", ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
+        worker.on_assigned(assigned)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Response:
@@ -213,12 +264,12 @@ def create_app(settings: Settings) -> Worker:
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Response:
-        """Readiness: partitions assigned, the centers copy caught up, the clusterer rebuilt."""
-        assigned = _assigned_partitions(app)
+        """Readiness: the group gave this worker its share, the centers copy caught up and, on the
+        founder, the clusterer rebuilt."""
         checks = {
-            "partitions_assigned": any(tp.topic == settings.input_topic for tp in assigned),
+            "partitions_assigned": worker.assigned,
             "centers_caught_up": replica.caught_up.is_set(),
-            "index_rebuilt": found.ready,
+            "index_rebuilt": found.ready or not found.owner,
             "not_rebalancing": not app.rebalancing,
         }
         return web.json({"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
@@ -253,31 +304,23 @@ def create_app(settings: Settings) -> Worker:
         # isdigit() alone accepts digits such as '²' that int() refuses: ASCII digits only.
         if not (cluster_id.isascii() and cluster_id.isdigit()):
             return web.json({"error": f"cluster id must be a non-negative integer, got {cluster_id!r}"}, status=400)
-        record = found.cluster(int(cluster_id))
+        record = await worker.cluster(int(cluster_id))
         if record is None:
             return web.json({"error": f"no cluster {cluster_id}"}, status=404)
         return web.json(record)
 
     return worker
-async def _log_start(settings: Settings, tp: Any) -> int:
-    """The first offset of a partition, asked of the broker directly (off the event loop)."""
-    from .kafka_io import watermarks_of
+async def _resume_offset(settings: Settings, tp: Any) -> int:
+    """Where the group resumes a partition, asked of the broker directly (off the event loop)."""
+    from .kafka_io import resume_offset
 
-    low, _ = await asyncio.get_running_loop().run_in_executor(None, watermarks_of, settings, tp.topic, tp.partition)
-    return low
+    return await asyncio.get_running_loop().run_in_executor(None, resume_offset, settings, tp.topic, tp.partition)
 
 
 def _agent_alive(agent: Any) -> bool:
     """An agent is alive while one of its actors' tasks runs (Faust keeps them in ``_actors``)."""
     tasks = [getattr(actor, "actor_task", None) for actor in list(agent._actors)]
     return any(task is not None and not task.done() for task in tasks)
-
-
-def _assigned_partitions(app: faust.App) -> set[Any]:
-    try:
-        return set(app.consumer.assignment())
-    except Exception:  # the consumer has not started yet
-        return set()
 
 
 def _credentials(settings: Settings) -> Any:

@@ -22,6 +22,14 @@ from .config import Settings
 Record = tuple[bytes | None, bytes | None]
 
 
+def _next_offsets(messages: list[Any]) -> dict[Any, int]:
+    """The offset to commit per partition: one past the last message taken."""
+    offsets: dict[Any, int] = {}
+    for message in messages:
+        offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
+    return offsets
+
+
 class CommitSequence:
     """Sends records and commits offsets for the agents of one Faust app (one per process)."""
 
@@ -38,21 +46,50 @@ class CommitSequence:
     def exactly_once(self) -> bool:
         return self.settings.processing_guarantee == "exactly_once"
 
-    async def commit(self, batches: list[tuple[str, list[Record]]], messages: list[Any], source_topic: str) -> None:
+    async def commit(self, batches: list[tuple[str, list[Record]]], messages: list[Any], source_topic: str,
+                     source_partition: int | None = None) -> None:
         """Run the sequence for ``messages`` (of ``source_topic``) whose results are ``batches``:
-        ``(topic, records)`` pairs, sent in that order."""
+        ``(topic, records)`` pairs, sent in that order. With exactly_once, ``messages`` come from
+        one partition (``source_partition``, which names it also when there are no messages),
+        whose transaction takes the records and the offsets."""
+        offsets = _next_offsets(messages)
         async with self._lock if self.exactly_once else contextlib.nullcontext():
+            transactional_id = (self._transactional_id(source_topic, offsets, source_partition)
+                                if self.exactly_once else None)
+            sent = False
             for topic, records in batches:
                 if records:
-                    await self._send_all(topic, records, source_topic)
+                    await self._send_all(topic, records, transactional_id)
+                    sent = True
             consumer = self.app.consumer
             if self.exactly_once:
                 await self.app.producer.flush()
-            for message in messages:
-                message.ack(consumer)
-            await consumer.commit()
+            # Explicit offsets rather than Faust's acks: Faust forgets the acks of a partition as it
+            # is revoked, before the stages can finish their work in flight, and its bookkeeping
+            # then stops committing that partition once it comes back. An offset at or below what
+            # the group committed (after a revocation, the next owner may have gone further) is
+            # not committed again. Faust leaves out partitions this worker no longer owns.
+            committed = consumer._committed_offset
+            offsets = {tp: offset for tp, offset in offsets.items()
+                       if committed.get(tp) is None or offset > committed[tp]}
+            if offsets:
+                await consumer._commit_offsets(offsets)
+            elif sent and transactional_id is not None:
+                # Records without input offsets (an idle stream's pending photos declared noise):
+                # their transaction is committed all the same, or no one would ever read them.
+                producer = consumer.transactions.producer
+                await producer.commit_transaction(transactional_id)
+                await producer.maybe_begin_transaction(transactional_id)
 
-    async def _send_all(self, topic: str, records: list[Record], source_topic: str) -> None:
+    def _transactional_id(self, source_topic: str, offsets: dict[Any, int], source_partition: int | None) -> str:
+        """Faust runs one Kafka transaction per source partition, named "<app id>-<topic group>-<p>"
+        (and fences an older holder of the name when it starts it: a zombie's commit fails)."""
+        partitions = {tp.partition for tp in offsets} | ({source_partition} if source_partition is not None else set())
+        if len(partitions) != 1:
+            raise ValueError(f"an exactly_once commit takes events of one partition, got partitions {sorted(partitions)}")
+        return f"{self.app.conf.id}-{self.app.assignor.group_for_topic(source_topic)}-{partitions.pop()}"
+
+    async def _send_all(self, topic: str, records: list[Record], transactional_id: str | None) -> None:
         """Hand records to a producer and wait until the broker has them all; a failed delivery raises.
 
         At-least-once output goes through a librdkafka (confluent-kafka) producer in a thread, which
@@ -61,13 +98,9 @@ class CommitSequence:
         transactional producer of the source partition), so that a crash aborts records and
         offsets together.
         """
-        if self.exactly_once:
-            transactions = self.app.consumer.transactions
-            # Faust names the transaction of partition p "<app id>-<topic group>-<p>"; exactly_once
-            # runs with one partition per source topic (Settings checks it).
-            transactional_id = f"{self.app.conf.id}-{self.app.assignor.group_for_topic(source_topic)}-0"
-            pending = [await transactions.producer.send(topic, key, value, None, None, None,
-                                                        transactional_id=transactional_id)
+        if transactional_id is not None:
+            producer = self.app.consumer.transactions.producer
+            pending = [await producer.send(topic, key, value, None, None, None, transactional_id=transactional_id)
                        for key, value in records]
             for future in pending:
                 await future  # raises the delivery error, if any

@@ -41,7 +41,9 @@ class Settings:
     state_topic: str = "photoclust-state"
     unjoined_topic: str = "photoclust-unjoined"  # join stage -> found stage, one partition
     centers_topic: str = "photoclust-centers"  # public, compacted: the center blocks
-    partitions: int = 1
+    # Input (and assignment) topic partitions: the group spreads the join stage over up to this
+    # many workers. Fixed once the topic exists (Kafka can add partitions, never remove them).
+    partitions: int = 6
     processing_guarantee: str = "at_least_once"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
@@ -65,6 +67,9 @@ class Settings:
     # Worker
     drain_timeout_s: float = 60.0  # on a graceful stop, time allowed to finish the windows already closed
     restore_timeout_s: float = 300.0  # longest a start may take to rebuild the clusterer; then it exits non-zero
+    # A worker that stops heartbeating (killed, cut off) leaves the group after this long, and its
+    # partitions (the founder's too) move to the others: the floor of a failover's time.
+    session_timeout_s: float = 10.0
     data_dir: str = "./photoclust-data"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -81,16 +86,13 @@ class Settings:
         check_range("pending_capacity", self.pending_capacity, 0)
         check_range("pending_idle_s", self.pending_idle_s, 0)
         check_range("restore_timeout_s", self.restore_timeout_s, 0, low_open=True)
+        # the broker's group.min.session.timeout.ms and group.max.session.timeout.ms defaults
+        check_range("session_timeout_s", self.session_timeout_s, 6, 1800)
         check_range("max_wait_s", self.max_wait_s, 0, low_open=True)
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ValueError(
                 f"processing_guarantee={self.processing_guarantee!r} is not one of {list(PROCESSING_GUARANTEES)}"
             )
-        if self.processing_guarantee == "exactly_once" and self.partitions != 1:
-            # A window mixes photos of every input partition, and Faust runs one Kafka transaction
-            # per input partition: the window's outcomes could not commit atomically with all of
-            # its offsets.
-            raise ValueError(f"processing_guarantee='exactly_once' needs partitions=1, got {self.partitions}")
         self._check_security()
 
     def _check_security(self) -> None:

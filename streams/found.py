@@ -31,7 +31,7 @@ from .config import Settings
 from .crash import crash_worker
 from .dead_letters import DeadLetters
 from .input_order import InputOrderGuard
-from .kafka_io import catch_up, watermarks_of
+from .kafka_io import catch_up, resume_offset, watermarks_of
 from .replica import CentersReplica
 from .state import (
     CENTERS_PREFIX,
@@ -63,6 +63,7 @@ class Window:
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
     opened: float = 0.0  # monotonic time of the first message
     flush_pending: bool = False  # an idle stream's pending pool is declared noise
+    generation: int = 0  # the ownership of the unjoined partition it was filled under
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +97,16 @@ class FoundStage:
         self._windows_in_flight = 0
         self._pending_chunks = 0
         self._stopping = False
+        # Ownership of the unjoined partition: Kafka assigns it to one worker of the group, the
+        # founder. Each loss of it starts a new generation; a window of an older one is never
+        # published (the partition's next owner clusters its photos).
+        self.owner = False
+        self._generation = 0
+        self._revoking = False
+        self._dirty = False  # the clusterer holds a window whose results were not published
+        self._committed_offset: int | None = None  # of the unjoined partition, by this worker's last commit
+        self._restore_task: asyncio.Task | None = None
+        self.replica_loaded = asyncio.Event()  # set by the worker once its copy of the centers runs
         # per unjoined partition, the next (offset, row) the state does not hold yet
         self._input_positions: dict[tuple[str, int], tuple[int, int]] = {}
         self._dead_letters_logged = 0
@@ -104,7 +115,39 @@ class FoundStage:
             "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
             "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
             "last_window": None, "replays_skipped": 0, "restore_seconds": None,
+            "restores": 0, "kept_state": 0, "ready_at": None, "cpu_seconds": 0.0,
         }
+
+    # -- ownership of the unjoined partition ------------------------------------------------------
+    def on_assigned(self, assigned: Any) -> None:
+        """A rebalance gave this worker ``assigned`` (its whole assignment): if the unjoined
+        partition is in it, this worker is the founder and restores the found stage."""
+        if not any(tp.topic == self.settings.unjoined_topic for tp in assigned):
+            if not self.owner:
+                self.clusterer = None  # another worker founds: the memory goes back
+            return
+        self.owner, self._revoking = True, False
+        self.counters["assigned_at"] = time.time()
+        log.info("event=founder_assigned generation=%d", self._generation)
+        self._restore_task = asyncio.get_running_loop().create_task(self.restore())
+
+    async def on_revoked(self, revoked: Any, timeout: float) -> None:
+        """The unjoined partition is being revoked: finish the windows already closed while their
+        offsets are still this worker's to commit, then stop founding. The window being filled is
+        dropped uncommitted; the partition's next owner takes its photos from the commit."""
+        if not (self.owner and any(tp.topic == self.settings.unjoined_topic for tp in revoked)):
+            return
+        self._revoking = True
+        if self._restore_task is not None and not self._restore_task.done():
+            self._restore_task.cancel()  # a later assignment restores again
+        finished = await self._finish_windows(timeout) if self._ready.is_set() else True
+        self.owner = False
+        self._generation += 1
+        self._ready.clear()
+        self.window = Window(generation=self._generation)
+        if not finished:
+            self._dirty = True
+        log.info("event=founder_revoked generation=%d windows_finished=%s", self._generation, finished)
 
     # -- start-up ---------------------------------------------------------------------------------
     async def restore(self) -> None:
@@ -119,27 +162,57 @@ class FoundStage:
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._restore(), timeout=timeout)
+        except asyncio.CancelledError:
+            log.info("event=restore_cancelled reason='the unjoined partition was revoked'")
+            raise
         except Exception as e:
             reason = f"not done within restore_timeout_s={timeout:g}" if isinstance(e, asyncio.TimeoutError) else repr(e)
             log.error("event=restore_failed action=exit reason=%r", reason)
             await crash_worker(self.app, RuntimeError(f"restore failed: {reason}"), "restore failed")
             return
         self.counters["restore_seconds"] = round(time.monotonic() - started, 3)
-        self._queue = asyncio.Queue(maxsize=1)
+        self.counters["ready_at"] = time.time()
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=1)
         self._last_event = time.monotonic()
-        self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
+        if self._cluster_task is None:
+            self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
         self._ready.set()
+        log.info("event=founder_ready generation=%d restore_seconds=%.3f since_assigned_s=%.3f",
+                 self._generation, self.counters["restore_seconds"], time.time() - self.counters["assigned_at"])
 
     async def _restore(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.replica_loaded.wait()
         # Compile or load the Numba kernels now, not inside the first window.
         await loop.run_in_executor(self._executor, warm_up, self.settings.n_bits)
         # Millions of centers take seconds to read and index: never on the event loop, which must
         # keep answering heartbeats and the web port meanwhile.
-        self.clusterer, self._input_positions = await loop.run_in_executor(self._executor, self._rebuild)
+        if await loop.run_in_executor(self._executor, self._state_is_current):
+            self.counters["kept_state"] += 1
+            log.info("event=state_kept reason='no other worker founded since this one did' clusters=%d",
+                     self.clusterer.n_clusters_)
+        else:
+            self.clusterer, self._input_positions = await loop.run_in_executor(self._executor, self._rebuild)
+            self.counters["restores"] += 1
+        self._dirty = False
+        self.window = Window(generation=self._generation)
         self._pending_chunks = (self.clusterer.n_pending_ + PENDING_CHUNK - 1) // PENDING_CHUNK
         log.info("event=state_restored clusters=%d pending=%d windows=%d", self.clusterer.n_clusters_,
                  self.clusterer.n_pending_, self.clusterer.n_windows_)
+
+    def _state_is_current(self) -> bool:
+        """True if the clusterer in memory is still the group's state: this worker founded last, it
+        published every window it clustered, and no one has committed on the unjoined partition
+        or added a center since (a rebalance that hands the partition back to its owner)."""
+        if self.clusterer is None or self._dirty or self._committed_offset is None:
+            return False
+        s = self.settings
+        if resume_offset(s, s.unjoined_topic, 0) != self._committed_offset:
+            return False
+        _, centers_end = watermarks_of(s, s.centers_topic)
+        self.replica.wait_for(centers_end, timeout=s.restore_timeout_s)
+        return self.replica.index.n_centers_ == self.clusterer.n_clusters_
 
     def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], tuple[int, int]]]:
         """Read both topics to their current end, then rebuild the clusterer with this worker's
@@ -155,6 +228,7 @@ class FoundStage:
                                                self.clusterer_params())
         for name, old, new in changes:
             log.info("event=setting_changed name=%s stored=%r new=%r", name, old, new)
+        self._committed_offset = resume_offset(s, s.unjoined_topic, 0)
         return clusterer, stored_input_positions(self.store.get(s.state_topic, META_KEY))
 
     def clusterer_params(self) -> dict[str, Any]:
@@ -173,9 +247,11 @@ class FoundStage:
         return self._ready.is_set() and self.clustering_alive()
 
     def clustering_alive(self) -> bool:
-        """True while the coroutine that clusters windows runs: not before the restore is done,
-        nor after it died (liveness)."""
-        return self._cluster_task is not None and not self._cluster_task.done()
+        """Liveness: the coroutine that clusters windows has not died, and a founder has one (from
+        the end of its first restore on); a worker that never founded needs none."""
+        if self._cluster_task is not None:
+            return not self._cluster_task.done()
+        return not self.owner
 
     # -- stopping -----------------------------------------------------------------------------------
     async def drain(self, timeout: float) -> bool:
@@ -186,16 +262,22 @@ class FoundStage:
         Returns False if the closed windows did not finish within ``timeout`` seconds.
         """
         self._stopping = True
-        deadline = time.monotonic() + timeout
-        while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        drained = self._windows_in_flight == 0
+        drained = await self._finish_windows(timeout)
         log.info("event=drain drained=%s windows_in_flight=%d parked_photos=%d", drained,
                  self._windows_in_flight, len(self.window))
         return drained
 
+    async def _finish_windows(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self._windows_in_flight == 0
+
     # -- the window ---------------------------------------------------------------------------------
     async def add_events(self, events: list[Any]) -> None:
+        # Events of the unjoined partition taken around a rebalance: they wait for this worker to
+        # be the founder again (or are dropped by the offset guard, if another worker went on).
+        await self._ready.wait()
         self._last_event = time.monotonic()
         for event in events:
             message = event.message
@@ -205,7 +287,6 @@ class FoundStage:
             tp = (message.topic, message.partition)
             next_offset, next_row = self._input_positions.get(tp, (-1, 0))
             if message.offset < next_offset:  # in the stored state already: skip, do not re-cluster
-                message.ack(self.app.consumer)
                 self.counters["replays_skipped"] += 1
                 continue
             first_row = next_row if message.offset == next_offset else 0
@@ -229,6 +310,7 @@ class FoundStage:
     def _open_window(self) -> Window:
         """The window being filled, its clock started by its first content."""
         window = self.window
+        window.generation = self._generation
         if window.empty:
             window.opened = time.monotonic()
         return window
@@ -242,7 +324,7 @@ class FoundStage:
         while True:
             window = self._open_window()
             room = self.settings.window_size - (len(window) + window.n_joined_elsewhere)
-            part = rows if self._stopping or room >= len(rows) else rows[:max(room, 0)]
+            part = rows if self._holding or room >= len(rows) else rows[:max(room, 0)]
             window.ids.extend(decoded.ids[row] for row in part)
             window.hashes.extend(decoded.hashes[row] for row in part)
             window.ts_in.extend(decoded.ts[row] for row in part)
@@ -259,12 +341,12 @@ class FoundStage:
     async def _close_if_full(self, window: Window) -> None:
         """A window is n photos of the stream, as in the paper: those the join stage joined count
         too, so that windows close as often as with one stage, and the pending pool is retried."""
-        if len(window) + window.n_joined_elsewhere >= self.settings.window_size and not self._stopping:
+        if len(window) + window.n_joined_elsewhere >= self.settings.window_size and not self._holding:
             await self._close_window()
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
-        if not self._ready.is_set() or self._stopping:
+        if not self._ready.is_set() or self._holding:
             return
         window, now = self.window, time.monotonic()
         if not window.empty and now - window.opened >= self.settings.max_wait_s:
@@ -276,10 +358,15 @@ class FoundStage:
             # would wait forever, so they are declared noise and their consumers get an answer.
             self._idle_flushed = True
             assert self._queue is not None
-            await self._queue.put(Window(flush_pending=True))
+            await self._queue.put(Window(flush_pending=True, generation=self._generation))
+
+    @property
+    def _holding(self) -> bool:
+        """No window closes while the worker stops or the unjoined partition is being revoked."""
+        return self._stopping or self._revoking
 
     async def _close_window(self) -> None:
-        window, self.window = self.window, Window()
+        window, self.window = self.window, Window(generation=self._generation)
         self._idle_flushed = False
         assert self._queue is not None
         # Counted from here until clustered: a backlog being worked off is not an idle stream.
@@ -293,9 +380,20 @@ class FoundStage:
         while True:
             window = await self._queue.get()
             try:
+                if window.generation != self._generation:  # closed before the partition was revoked
+                    if not window.flush_pending:
+                        self._windows_in_flight -= 1
+                    continue
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._process, window)
                 clustered = time.perf_counter()
+                if window.generation != self._generation:
+                    # The partition was revoked while this window was clustered: its next owner
+                    # clusters these photos, and this clusterer is rebuilt before it founds again.
+                    self._dirty = True
+                    if not window.flush_pending:
+                        self._windows_in_flight -= 1
+                    continue
                 await self._publish(window, result)
                 if result is not None and not window.flush_pending:
                     self._log_window(result, len(window), clustered - started, time.perf_counter() - clustered)
@@ -309,6 +407,13 @@ class FoundStage:
 
     def _process(self, window: Window) -> WindowResult | None:
         """The core call of a window (in the core thread): the join counts, then the photos."""
+        started = time.thread_time()
+        try:
+            return self._process_window(window)
+        finally:
+            self.counters["cpu_seconds"] += time.thread_time() - started
+
+    def _process_window(self, window: Window) -> WindowResult | None:
         clusterer = self.clusterer
         for clusters, counts, ts in window.joins:
             clusterer.record_joins(clusters, counts, ts)
@@ -352,9 +457,11 @@ class FoundStage:
                                   self._input_positions, self._pending_chunks)
         await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, centers),
                                   (s.output_topic, outputs), (s.state_topic, state)],
-                                 window.messages, s.unjoined_topic)
+                                 window.messages, s.unjoined_topic, source_partition=0)
         if state:
             self._pending_chunks = n_pending_chunks(state)
+        if window.messages:
+            self._committed_offset = max(message.offset for message in window.messages) + 1
         window.dead_letters.count_into(self.counters)
         if result is not None:
             final_outcomes = result.outcome[result.is_final]
@@ -399,6 +506,7 @@ class FoundStage:
         clusterer = self.clusterer
         return {
             **self.counters,
+            "role": "founder" if self.owner else "joiner",
             "ready": self.ready,
             "windows_in_flight": self._windows_in_flight,
             "clusters": clusterer.n_clusters_ if clusterer is not None else 0,

@@ -19,16 +19,24 @@ class InputOrderGuard:
     """Decides, event by event, whether an input message is the next one of its partition."""
 
     def __init__(self, consumer_of: Callable[[], Any],
-                 log_start: Callable[[Any], Awaitable[int | None]] | None = None) -> None:
+                 resume_offset: Callable[[Any], Awaitable[int | None]] | None = None,
+                 gaps_after_start: bool = False) -> None:
         """``consumer_of()`` returns Faust's consumer (which exists only once the app runs);
-        ``log_start(tp)`` the first offset of a partition (default: ask Faust's consumer, whose
-        thread may first sit out a fetch wait of up to 1.5 s)."""
+        ``resume_offset(tp)`` where the group resumes a partition that Faust's consumer has no
+        committed offset for (yet): the group's committed offset asked of the broker, else the
+        first offset of the partition (default: the first offset, asked of Faust's consumer, whose
+        thread may first sit out a fetch wait of up to 1.5 s). ``gaps_after_start``: once a
+        partition's first event since its assignment was taken, a gap is accepted as it comes
+        (read_committed: every transaction leaves a marker, an aborted one its records, so gaps
+        are the rule, and the race below happens only at the start)."""
         self._consumer_of = consumer_of
-        self._log_start = log_start or self._log_start_from_faust
+        self._resume_offset = resume_offset or self._log_start_from_faust
         # Next input offset the window takes, per partition, and the partitions being re-fetched after
         # Faust lost events: [highest offset seen since the seek, offset the last re-fetch began with].
         self._next_offset: dict[tuple[str, int], int] = {}
         self._refetching: dict[tuple[str, int], list[int]] = {}
+        self._gaps_after_start = gaps_after_start
+        self._started: set[tuple[str, int]] = set()  # partitions that took an event since assignment
 
     async def _log_start_from_faust(self, tp: Any) -> int | None:
         return (await self._consumer_of().earliest_offsets(tp)).get(tp)
@@ -36,6 +44,16 @@ class InputOrderGuard:
     def on_rebalance(self) -> None:
         """Faust seeks every assigned partition to its committed offset: no re-fetch is pending."""
         self._refetching.clear()
+        self._started.clear()
+
+    def forget(self, partitions: Any) -> None:
+        """Partitions revoked from this worker: when one comes back, its events are taken from the
+        group's committed offset again, which may lie *before* what this worker took (work in
+        flight at the revocation was not committed, and the next owner redoes it)."""
+        for tp in partitions:
+            self._next_offset.pop((tp.topic, tp.partition), None)
+            self._refetching.pop((tp.topic, tp.partition), None)
+            self._started.discard((tp.topic, tp.partition))
 
     async def accept(self, message: Any) -> bool:
         """True if ``message`` is the next offset of its partition; otherwise it is dropped unacked.
@@ -61,15 +79,18 @@ class InputOrderGuard:
         committed = self._consumer_of()._committed_offset.get(message.tp)
         expected = self._next_offset.get(key)
         if expected is None:
-            # A group with no committed offset starts at the log start (consumer_auto_offset_reset).
+            # Faust's consumer learns the committed offset only when it seeks the partition, which
+            # may come after the first events; the broker knows it (and a group with no committed
+            # offset starts at the log start: consumer_auto_offset_reset).
             if committed is None:
-                committed = await self._log_start(message.tp)
+                committed = await self._resume_offset(message.tp)
             expected = committed if committed is not None else offset
         elif committed is not None and committed > expected:  # another worker took the events in between
             expected = committed
-        if offset == expected:
+        if offset == expected or (offset > expected and self._gaps_after_start and key in self._started):
             self._next_offset[key] = offset + 1
             self._refetching.pop(key, None)
+            self._started.add(key)
             return True
         if offset < expected:
             log.debug("event=input_redelivered topic=%s partition=%d offset=%d next=%d",
@@ -84,6 +105,7 @@ class InputOrderGuard:
                      message.topic, message.partition, expected, offset - 1)
             self._next_offset[key] = offset + 1
             self._refetching.pop(key, None)
+            self._started.add(key)
             return True
         self._refetching[key] = [offset, offset if refetch is not None else -1]
         log.warning("event=input_gap topic=%s partition=%d offset=%d expected=%d action=seek%s",

@@ -58,8 +58,12 @@ class JoinStage:
         self._task: asyncio.Task | None = None
         self._in_flight = 0  # batches taken and not yet committed
         self._stopping = False
-        self.counters: dict[str, int] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
-                                         "dlq_events": 0, "dlq_rows": 0}
+        self._paused = False
+        # One batch per partition with exactly_once: each partition's events commit in its own
+        # transaction (streams.commit).
+        self._batch_per_partition = settings.processing_guarantee == "exactly_once"
+        self.counters: dict[str, Any] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
+                                         "dlq_events": 0, "dlq_rows": 0, "cpu_seconds": 0.0}
 
     async def wait_ready(self) -> None:
         """Until this worker's copy of the centers has read the topic to the end it saw at start."""
@@ -73,13 +77,12 @@ class JoinStage:
         """Decode a batch of input events and queue it; the joining and the commit sequence run in
         their own task, in order, while the agent takes the next batch (a bounded queue gives
         backpressure). A failure stops the worker: the events are then not acknowledged."""
-        if self._stopping:  # not acknowledged: the next owner of the partition takes these events
+        if self._stopping or self._paused:  # not committed: the partition's next owner takes these events
             return
         if self._task is None:
             self._queue = asyncio.Queue(maxsize=2)
             self._task = asyncio.get_running_loop().create_task(self._join_and_commit())
-        batch = await self._decode(events)
-        if batch is not None:
+        for batch in await self._decode(events):
             assert self._queue is not None
             self._in_flight += 1
             await self._queue.put(batch)
@@ -88,6 +91,19 @@ class JoinStage:
         """Finish the batches already taken, so that a graceful stop commits what it sent, and take
         no new one: nothing is sent after the stop began."""
         self._stopping = True
+        return await self._finish_in_flight(timeout)
+
+    async def pause(self, timeout: float) -> bool:
+        """Partitions are being revoked: finish the batches already taken (their offsets are still
+        this worker's to commit) and take none until :meth:`resume`. Events taken meanwhile are
+        dropped uncommitted; whoever owns their partition next takes them from the commit."""
+        self._paused = True
+        return await self._finish_in_flight(timeout)
+
+    def resume(self) -> None:
+        self._paused = False
+
+    async def _finish_in_flight(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self._in_flight and self.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -97,12 +113,13 @@ class JoinStage:
         """False once the task that joins and commits has died (liveness)."""
         return self._task is None or not self._task.done()
 
-    async def _decode(self, events: list[Any]) -> _Batch | None:
-        batch = _Batch()
+    async def _decode(self, events: list[Any]) -> list[_Batch]:
+        batches: dict[Any, _Batch] = {}
         for event in events:
             message = event.message
             if not await self.input_order.accept(message):
                 continue
+            batch = batches.setdefault(message.tp if self._batch_per_partition else None, _Batch())
             batch.messages.append(message)
             decoded = self.decoder.decode(message.value, message.key)
             if decoded.errors:
@@ -112,7 +129,7 @@ class JoinStage:
                 batch.ids.extend(decoded.ids)
                 batch.hashes.extend(decoded.hashes)
                 batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
-        return batch if batch.messages else None
+        return list(batches.values())
 
     async def _join_and_commit(self) -> None:
         assert self._queue is not None
@@ -142,6 +159,13 @@ class JoinStage:
 
     def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
         """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""
+        started = time.thread_time()
+        try:
+            return self._join_codes(ids, hashes, ts_in)
+        finally:
+            self.counters["cpu_seconds"] += time.thread_time() - started
+
+    def _join_codes(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
         codes = from_bytes(hashes, self.settings.n_bits)
         labels, distances, windows_seen = self.replica.join(codes, self.settings.radius)
         joined = np.flatnonzero(labels >= 0)

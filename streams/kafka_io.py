@@ -112,6 +112,20 @@ def watermarks_of(settings: Settings, topic: str, partition: int = 0, timeout: f
         consumer.close()
 
 
+def resume_offset(settings: Settings, topic: str, partition: int, timeout: float = 30.0) -> int:
+    """Where the worker group resumes a partition: its committed offset, else the partition's first
+    offset (``consumer_auto_offset_reset=earliest``)."""
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": settings.app_id, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
+    try:
+        tp = TopicPartition(topic, partition)
+        committed = consumer.committed([tp], timeout=timeout)[0].offset
+        low, _ = watermarks(consumer, tp, timeout)
+        return max(committed, low) if committed >= 0 else low
+    finally:
+        consumer.close()
+
+
 def catch_up(settings: Settings, store: Any, topic: str, timeout: float = 300.0, batch: int = 1000) -> int:
     """Read partition 0 of ``topic`` from the offset ``store`` holds to its end into ``store``
     (a :class:`streams.store.LocalStore`); returns the records read. Committed records only."""

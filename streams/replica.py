@@ -12,8 +12,10 @@ work, never a second center for a photo.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -29,6 +31,10 @@ log = logging.getLogger("photoclust.replica")
 POLL_S = 0.2
 BATCH = 500
 WATERMARK_EVERY_S = 2.0
+# Fault injection, for the tests of a copy that lags: once caught up, the reader waits this many
+# seconds before it reads on. Not a setting: no deployment wants it.
+HOLD_ENV = "PHOTOCLUST_FAULT_HOLD_CENTERS_S"
+DELAYS_KEPT = 1000  # the newest center blocks' delays, for /stats percentiles
 
 
 class CentersReplica:
@@ -45,6 +51,8 @@ class CentersReplica:
         self.high_watermark = -1
         self.windows_seen = 0  # found-stage windows whose centers this copy holds
         self.error: BaseException | None = None
+        # seconds from a center block's creation on the founder to its arrival in this copy
+        self._delays: deque[float] = deque(maxlen=DELAYS_KEPT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,6 +79,13 @@ class CentersReplica:
     def lag(self) -> int | None:
         """Records of the topic not yet in this copy (None before the first look at the topic)."""
         return None if self.high_watermark < 0 else max(0, self.high_watermark - self.position)
+
+    def stats(self) -> dict[str, object]:
+        delays = np.asarray(self._delays)
+        return {"centers": self.index.n_centers_, "lag": self.lag, "position": self.position,
+                "center_delay_s": {"n": int(delays.size),
+                                   "p50": round(float(np.percentile(delays, 50)), 3) if delays.size else None,
+                                   "p99": round(float(np.percentile(delays, 99)), 3) if delays.size else None}}
 
     def wait_for(self, offset: int, timeout: float) -> None:
         """Block until every record below ``offset`` is applied; raise TimeoutError or the reader's error."""
@@ -111,8 +126,13 @@ class CentersReplica:
             consumer.assign([TopicPartition(self.topic, 0, self.position)])
             if self.position >= start_end:
                 self._set_caught_up()
+            hold_s = float(os.environ.get(HOLD_ENV) or 0)
             checked = time.monotonic()
             while not self._stop.is_set():
+                if hold_s and self.caught_up.is_set():
+                    log.warning("event=centers_reader_held seconds=%g reason=%s", hold_s, HOLD_ENV)
+                    self._stop.wait(hold_s)
+                    hold_s = 0.0
                 messages = consumer.consume(BATCH, POLL_S)
                 records, blocks, at_end = [], [], False
                 for message in messages:
@@ -133,6 +153,9 @@ class CentersReplica:
                 if records:
                     self.store.apply(self.topic, records, self.position)
                     self._apply_blocks(blocks)
+                    if self.caught_up.is_set():  # blocks read at start say nothing about propagation
+                        now = time.time()
+                        self._delays.extend(now - float(created.max()) for _, _, created, _ in blocks if len(created))
                 if at_end:
                     self.high_watermark = max(self.high_watermark, self.position)
                 elif time.monotonic() - checked > WATERMARK_EVERY_S:  # for the lag gauge

@@ -186,6 +186,30 @@ def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], tupl
 # -- rebuilding the found stage's clusterer ---------------------------------------------------------
 
 
+def stored_cluster(cluster_id: int, get_center_block: Callable[[bytes], bytes | None],
+                   get_state: Callable[[bytes], bytes | None]) -> dict[str, Any] | None:
+    """One cluster's figures as the two topics hold them (what a worker that does not found
+    answers): its center and founding time from the centers topic, its size and last join from
+    the state topic. None if the centers topic has no such cluster."""
+    block = cluster_id // CENTER_BLOCK
+    raw_center = get_center_block(center_key(block))
+    if raw_center is None:
+        return None
+    first, codes, created, _ = decode_center_block(raw_center)
+    row = cluster_id - first
+    if row >= codes.shape[0]:
+        return None
+    size, updated = 0, float(created[row])  # founded by a window whose state records never followed
+    raw_stats = get_state(stats_key(block))
+    if raw_stats is not None:
+        value = msgpack.unpackb(raw_stats)
+        sizes = _array(value["sizes"], "int64")
+        if row < sizes.shape[0]:
+            size, updated = int(sizes[row]), float(_array(value["updated"], "float64")[row])
+    return {"cluster": cluster_id, "center": codes[row].astype(">u8").tobytes().hex(), "size": size,
+            "created_ts": float(created[row]), "updated_ts": updated}
+
+
 def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], bytes | None],
                       params: Mapping[str, Any]) -> tuple[OnlineClusterer, list[tuple[str, Any, Any]]]:
     """The clusterer that the stored records describe, run with ``params`` (the new settings);

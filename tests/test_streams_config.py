@@ -68,10 +68,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ({"pending_idle_s": -1.0}, "pending_idle_s=-1.0 must be >= 0"),
     ({"max_wait_s": 0.0}, "max_wait_s=0.0 must be > 0"),
     ({"processing_guarantee": "exactly-once"}, "processing_guarantee='exactly-once' is not one of"),
-    ({"processing_guarantee": "exactly_once", "partitions": 2},
-     "processing_guarantee='exactly_once' needs partitions=1, got 2"),
-    ({"processing_guarantee": "exactly_once", "partitions": 4},
-     "processing_guarantee='exactly_once' needs partitions=1, got 4"),
+    ({"session_timeout_s": 5.0}, "session_timeout_s=5.0 must be between 6 and 1800"),
+    ({"session_timeout_s": 2000}, "session_timeout_s=2000 must be between 6 and 1800"),
     ({"security_protocol": "TLS"}, "security_protocol='TLS' is not one of"),
     ({"security_protocol": "sasl_plaintext", "sasl_mechanism": "PLAIN"},
      "security_protocol='sasl_plaintext' is not one of"),
@@ -101,18 +99,16 @@ def test_invalid_settings_are_refused_with_a_clear_message(overrides: dict[str, 
     {**SASL, "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "ssl_cafile": "/etc/ca.pem"},
     {"security_protocol": "SSL", "ssl_cafile": "/etc/ca.pem", "ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"},
     {"processing_guarantee": "exactly_once", "partitions": 1},
+    {"processing_guarantee": "exactly_once", "partitions": 6},
 ])
 def test_valid_settings_are_accepted(overrides: dict[str, Any]) -> None:
     assert Settings(**overrides).replace() == Settings(**overrides)
 
 
-def test_exactly_once_needs_one_partition_also_from_the_environment() -> None:
-    with pytest.raises(ValueError, match="needs partitions=1, got 3"):
-        Settings.load(environ={"PHOTOCLUST_PROCESSING_GUARANTEE": "exactly_once", "PHOTOCLUST_PARTITIONS": "3"})
-    with pytest.raises(ValueError, match="needs partitions=1, got 2"):
-        Settings.load({"partitions": 2}, environ={"PHOTOCLUST_PROCESSING_GUARANTEE": "exactly_once"})
-    assert Settings.load({"partitions": 1}, environ={"PHOTOCLUST_PROCESSING_GUARANTEE": "exactly_once",
-                                                     "PHOTOCLUST_PARTITIONS": "3"}).partitions == 1
+def test_exactly_once_takes_many_partitions_also_from_the_environment() -> None:
+    # each input partition commits in its own transaction (streams.commit)
+    settings = Settings.load(environ={"PHOTOCLUST_PROCESSING_GUARANTEE": "exactly_once", "PHOTOCLUST_PARTITIONS": "3"})
+    assert (settings.processing_guarantee, settings.partitions) == ("exactly_once", 3)
 
 
 # -- precedence ---------------------------------------------------------------------------------------
