@@ -79,9 +79,10 @@ def worker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[C
     workers: list[WorkerProcess] = []
     request.node._photoclust_workers = workers
 
-    def start(settings: Settings, name: str | None = None, wait: bool = True) -> WorkerProcess:
+    def start(settings: Settings, name: str | None = None, wait: bool = True,
+              env: dict[str, str] | None = None) -> WorkerProcess:
         name = name or f"worker{len(workers)}"
-        worker = WorkerProcess(name, settings, tmp_path / f"{name}.log")
+        worker = WorkerProcess(name, settings, tmp_path / f"{name}.log", extra_env=env or {})
         workers.append(worker)
         worker.start()
         if wait:

@@ -89,6 +89,7 @@ class WorkerProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
     exit_code: int | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def stats_url(self) -> str:
@@ -96,7 +97,7 @@ class WorkerProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        return settings_env(self.settings)
+        return {**settings_env(self.settings), **self.extra_env}
 
     def start(self) -> "WorkerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
