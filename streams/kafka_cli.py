@@ -273,6 +273,99 @@ class _AssignmentCollector(threading.Thread):
         self.join(10)
 
 
+@dataclasses.dataclass
+class _DemoWorker:
+    """One worker process of the demo's group, and its last /stats answer."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    web_port: int
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/stats"
+
+    def refresh(self) -> dict[str, Any]:
+        """Ask /stats again; keep the last answer while the worker does not answer."""
+        self.stats = _get_json(self.stats_url) or self.stats
+        return self.stats
+
+    @property
+    def role(self) -> str:
+        """The role /stats reports: founder (owns the unjoined partition, founds the clusters) or
+        joiner; "?" where /stats does not say."""
+        return str(self.stats.get("role") or "?")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise CommandFailed(f"{self.name} exited with code {self.proc.returncode}; see {self.log_path}")
+
+
+def _start_worker(settings: Settings, name: str, log_path: Path) -> _DemoWorker:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           **{f"PHOTOCLUST_{k.upper()}": str(v) for k, v in dataclasses.asdict(settings).items()}}
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return _DemoWorker(name, proc, log_path, settings.web_port)
+
+
+def _stop_workers(workers: list[_DemoWorker], timeout: float = 60.0) -> None:
+    """SIGTERM every worker at once (each drains its closed windows), SIGKILL those still running
+    after ``timeout``; also when the wait itself is interrupted (a second Ctrl-C)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    try:
+        for w in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+
+def _founder(workers: list[_DemoWorker]) -> _DemoWorker | None:
+    """The worker that founds the clusters: the one whose /stats says so; where /stats has no role,
+    the one whose found stage took the most events (the others' found stage is idle)."""
+    named = [w for w in workers if w.stats.get("role") == "founder"]
+    if named:
+        return named[0]
+    if len(workers) == 1:
+        return workers[0]
+    busiest = max(workers, key=lambda w: (w.stats.get("found") or {}).get("events_in", 0))
+    return busiest if (busiest.stats.get("found") or {}).get("events_in", 0) > 0 else None
+
+
+def _group_settled(settings: Settings, members: int) -> bool:
+    """The worker group is Stable with ``members`` members (no rebalance pending). True where the
+    broker cannot describe groups: then readiness alone decides."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.confluent_config())
+    try:
+        (future,) = admin.describe_consumer_groups([settings.app_id], request_timeout=5).values()
+        group = future.result(timeout=10)
+    except Exception:  # an older broker, a missing ACL: not worth failing the demo for
+        return True
+    finally:
+        admin.poll(0)
+    return group.state.name == "STABLE" and len(group.members) == members
+
+
+def _group_ready(workers: list[_DemoWorker]) -> bool:
+    """Every worker answers /stats and is ready, or reports itself a joiner (whose found stage waits
+    for the unjoined partition), and at least one is ready."""
+    stats = [w.refresh() for w in workers]
+    return (all(s and (s.get("ready") or s.get("role") == "joiner") for s in stats)
+            and any(s.get("ready") for s in stats))
+
+
 @main.command()
 @click.option("--photos", type=click.IntRange(min=1), default=200_000, show_default=True)
 @click.option("--clusters", type=click.IntRange(min=1), default=None, help="Planted clusters (default photos/200).")
@@ -281,17 +374,22 @@ class _AssignmentCollector(threading.Thread):
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Photos per batch event; 0 sends one event per photo.")
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes in the group; the input topic gets at least this many partitions.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Give up after S seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @json_option
 def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, batch_size: int, seed: int,
-         timeout: float, workdir: str, as_json: bool) -> None:
-    """Stream planted photos through a real broker and worker; print a summary at the end.
+         n_workers: int, timeout: float, workdir: str, as_json: bool) -> None:
+    """Stream planted photos through a real broker and worker(s); print a summary at the end.
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else starts the local broker (and stops it afterwards).
+    With --workers N, N worker processes share one consumer group: each joins the photos of the
+    input partitions Kafka gives it, and the one that owns the unjoined partition founds the
+    clusters. Every worker and the broker are stopped at the end, also after an error or Ctrl-C.
     """
     import numpy as np
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.live import Live
     from rich.table import Table
 
@@ -304,9 +402,17 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     run = f"demo-{int(time.time())}"
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    base = Settings.load()
-    # Whatever fails from here on, a broker this command started is stopped again.
+    with user_errors():  # e.g. exactly_once in the environment, which allows one partition only
+        base = Settings.load()
+        base = base.replace(partitions=max(base.partitions, n_workers))
+    workers: list[_DemoWorker] = []
+    # Whatever fails from here on (Ctrl-C included), the workers and a broker this command started are
+    # stopped again: the callbacks run last-registered first, so the workers stop before the broker.
     with contextlib.ExitStack() as cleanup:
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM to the demo itself unwinds like Ctrl-C, through the cleanup below
+            previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+            cleanup.callback(signal.signal, signal.SIGTERM, previous)
         if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
             console.print("[bold]starting the local Kafka broker[/bold] (deploy/kafka/broker.sh)")
             status = _broker("status", check=False, capture=True)
@@ -315,91 +421,131 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
                 cleanup.callback(_broker, "stop", check=False)
             # broker.sh prints the address it listens on last (PHOTOCLUST_KAFKA_PORT may move it off 19092)
             base = base.replace(bootstrap_servers=status.stdout.strip().splitlines()[-1])
-        web_port = _free_port()
         settings = base.with_topic_prefix(
             run, window_size=window_size,
-            max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), web_port=web_port, seed=seed,
+            max_wait_s=2.0, pending_idle_s=3.0, data_dir=str(work / run), seed=seed,
         )
         ensure_topics(settings)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               **{f"PHOTOCLUST_{k.upper()}": str(v) for k, v in dataclasses.asdict(settings).items()}}
-        log_path = work / f"{run}.worker.log"
-        worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
-                                       stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        cleanup.callback(_stop_workers, workers)
+        ports: set[int] = set()
+        for i in range(1, n_workers + 1):
+            while (port := _free_port()) in ports:
+                pass
+            ports.add(port)
+            # one worker keeps the demo's original layout; a group has a data dir and a log per worker
+            name, data_dir, log_path = (("worker", work / run, work / f"{run}.worker.log") if n_workers == 1 else
+                                        (f"worker-{i}", work / run / f"worker-{i}", work / f"{run}.worker-{i}.log"))
+            workers.append(_start_worker(settings.replace(data_dir=str(data_dir), web_port=port), name, log_path))
         collector = _AssignmentCollector(settings)
         collector.start()
-        stats_url = f"http://127.0.0.1:{web_port}/stats"
-        try:
-            deadline = time.monotonic() + timeout
-            with console.status("waiting for the worker to be ready"):
-                while not (_get_json(stats_url) or {}).get("ready"):
-                    if worker_proc.poll() is not None:
-                        raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
-                    if time.monotonic() > deadline:
-                        raise CommandFailed(f"the worker did not become ready; see {log_path}")
-                    time.sleep(0.5)
-            ids, codes, truth = _planted(photos, clusters, settings.n_bits, flip_prob, seed)
-            hashes = to_bytes(codes)
-            produced = [0]
-            t0 = time.perf_counter()
+        cleanup.callback(collector.stop)
+        deadline = time.monotonic() + timeout
+        what = "the worker" if n_workers == 1 else f"the {n_workers} workers"
+        with console.status(f"waiting for {what} to be ready"):
+            while not (_group_ready(workers) and (n_workers == 1 or _group_settled(settings, n_workers))):
+                for w in workers:
+                    w.check_alive()
+                if time.monotonic() > deadline:
+                    slow = [w for w in workers if not w.stats.get("ready")] or workers
+                    raise CommandFailed(f"{what} did not become ready; see "
+                                        f"{', '.join(str(w.log_path) for w in slow)}")
+                time.sleep(0.5)
+        ids, codes, truth = _planted(photos, clusters, settings.n_bits, flip_prob, seed)
+        hashes = to_bytes(codes)
+        produced = [0]
+        t0 = time.perf_counter()
 
-            def progress_table() -> Table:
-                stats = _get_json(stats_url) or {}
-                table = Table("produced", "assigned", "clusters", "pending", "windows", "dlq", title=f"photoclust demo: {run}")
-                table.add_row(f"{produced[0]:,}/{photos:,}", f"{len(collector.final):,}", str(stats.get("clusters", "?")),
-                              str(stats.get("pending", "?")), str(stats.get("windows", "?")),
-                              str(stats.get("dlq_events", 0) + stats.get("dlq_rows", 0)))
+        def progress() -> Table | Group:
+            for w in workers:
+                w.refresh()
+            founder = _founder(workers)
+            group = founder.stats if founder is not None else {}
+            stats = [w.stats for w in workers]
+            table = Table("produced", "assigned", "clusters", "pending", "windows", "dlq", title=f"photoclust demo: {run}")
+            table.add_row(f"{produced[0]:,}/{photos:,}", f"{len(collector.final):,}", str(group.get("clusters", "?")),
+                          str(group.get("pending", "?")),
+                          str(sum(s.get("windows", 0) for s in stats)) if any(stats) else "?",
+                          str(sum(s.get("dlq_events", 0) + s.get("dlq_rows", 0) for s in stats)))
+            if n_workers == 1:
                 return table
+            per_worker = Table("worker", "role", "ready", "photos in", "joined", "forwarded", "windows", "port")
+            for w in workers:
+                join = w.stats.get("join") or {}
+                state = "yes" if w.stats.get("ready") else "no"
+                if w.proc.poll() is not None:
+                    state = f"exited {w.proc.returncode}"
+                per_worker.add_row(w.name, w.role, state, f"{join.get('photos_in', 0):,}", f"{join.get('joined', 0):,}",
+                                   f"{join.get('forwarded', 0):,}", str(w.stats.get("windows", 0)), str(w.web_port))
+            return Group(table, per_worker)
 
-            with Live(progress_table(), console=console, refresh_per_second=2) as live:
-                producer_thread = threading.Thread(target=lambda: produce_photos(
-                    settings, ids, hashes, batch_size=batch_size,
-                    on_progress=lambda n: produced.__setitem__(0, produced[0] + n)), daemon=True)
-                producer_thread.start()
-                while len(collector.final) < photos:
-                    if worker_proc.poll() is not None:
-                        raise CommandFailed(f"the worker exited with code {worker_proc.returncode}; see {log_path}")
-                    if time.monotonic() > deadline:
-                        raise CommandFailed(f"only {len(collector.final)} of {photos} photos were assigned within {timeout}s")
-                    live.update(progress_table())
-                    time.sleep(0.5)
-                elapsed = time.perf_counter() - t0
-                final_lag = None
-                while time.monotonic() < deadline:
-                    final_lag = sum(r.lag for r in consumer_lag(settings))
-                    live.update(progress_table())
-                    if final_lag == 0:
-                        break
-                    time.sleep(0.5)
-            stats = _get_json(stats_url) or {}
-        finally:
-            collector.stop()
-            worker_proc.send_signal(signal.SIGTERM)
-            try:
-                worker_proc.wait(60)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
+        with Live(progress(), console=console, refresh_per_second=2) as live:
+            producer_thread = threading.Thread(target=lambda: produce_photos(
+                settings, ids, hashes, batch_size=batch_size,
+                on_progress=lambda n: produced.__setitem__(0, produced[0] + n)), daemon=True)
+            producer_thread.start()
+            while len(collector.final) < photos:
+                for w in workers:
+                    w.check_alive()
+                if time.monotonic() > deadline:
+                    raise CommandFailed(f"only {len(collector.final)} of {photos} photos were assigned within {timeout}s")
+                live.update(progress())
+                time.sleep(0.5)
+            elapsed = time.perf_counter() - t0
+            final_lag = None
+            while time.monotonic() < deadline:
+                final_lag = sum(r.lag for r in consumer_lag(settings))
+                live.update(progress())
+                if final_lag == 0:
+                    break
+                time.sleep(0.5)
+        if not console.is_terminal:
+            console.line()  # Live ends its last frame with a newline only on a terminal
+        for w in workers:  # the last counters, before the workers stop
+            w.refresh()
+        founder = _founder(workers)
+    # here every worker has exited (and a broker this command started is stopped)
     labels = np.array([collector.final[i]["cluster"] if collector.final[i]["cluster"] is not None else -1 for i in ids])
     outcomes = Counter(event["outcome"] for event in collector.final.values())
+    per_worker = [{
+        "worker": w.name, "role": w.role, "photos_in": (w.stats.get("join") or {}).get("photos_in"),
+        "joined": (w.stats.get("join") or {}).get("joined"), "forwarded": (w.stats.get("join") or {}).get("forwarded"),
+        "windows": w.stats.get("windows"), "exit_code": w.proc.returncode, "log": str(w.log_path),
+    } for w in workers]
+    group_stats = founder.stats if founder is not None else {}
     summary = {
         "photos": photos,
         "outcomes": dict(outcomes),
-        "clusters": int(stats.get("clusters", len(set(labels[labels >= 0].tolist())))),
+        "clusters": int(group_stats.get("clusters", len(set(labels[labels >= 0].tolist())))),
         "purity": round(purity(labels, truth, ignore_noise=True), 4) if (labels >= 0).any() else None,
         "noise_fraction": round(float(np.mean(labels < 0)), 4),
         "throughput_per_s": round(photos / elapsed, 1),
         "seconds": round(elapsed, 2),
         "final_lag": final_lag,
         "duplicate_outcomes": collector.duplicates,
-        "windows": stats.get("windows"),
+        "windows": (sum(w.stats.get("windows", 0) for w in workers)
+                    if any("windows" in w.stats for w in workers) else None),
         "batch_size": batch_size,
-        "worker_log": str(log_path),
+        "workers": n_workers,
+        "partitions": settings.partitions,
     }
+    if n_workers == 1:
+        summary["worker_log"] = str(workers[0].log_path)
     table = Table("", "", title="photoclust demo summary")
     for key, value in summary.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     console.print(table)
+    if n_workers > 1:
+        table = Table("worker", "role", "photos in", "joined", "forwarded", "windows", "exit", "log",
+                      title="per worker (join stage: photos in, joined at once, forwarded to the founder)")
+        for row in per_worker:
+            table.add_row(*(str("-" if row[k] is None else row[k]) for k in
+                            ("worker", "role", "photos_in", "joined", "forwarded", "windows", "exit_code", "log")))
+        console.print(table)
+    stuck = [row["worker"] for row in per_worker if row["exit_code"] != 0]
+    if stuck:
+        console.print(f"[yellow]not stopped cleanly (exit code other than 0): {', '.join(stuck)}; "
+                      f"see the logs[/yellow]")
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**summary, "per_worker": per_worker}))
     if final_lag != 0:
         raise CommandFailed(f"consumer lag did not reach 0 (last seen {final_lag})")

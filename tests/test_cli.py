@@ -339,6 +339,58 @@ def test_encode_bad_features(tmp_path: Path) -> None:
     assert_user_error(run("encode", tmp_path / "text.npy"), "text.npy: ", "2-D float array")
 
 
+# -- demo: the options it checks before it starts anything ----------------------------------------
+
+
+class _StopBeforeTopics(Exception):
+    pass
+
+
+@pytest.fixture
+def demo_settings(monkeypatch) -> list:
+    """The settings ``demo`` would create its topics with; it stops there, before any broker is asked
+    (an address that answers nothing, in case the stop were not reached)."""
+    import streams.kafka_io
+
+    seen: list = []
+
+    def stop(settings, timeout: float = 30.0) -> None:
+        seen.append(settings)
+        raise _StopBeforeTopics
+
+    monkeypatch.setattr(streams.kafka_io, "ensure_topics", stop)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    for name in ("PARTITIONS", "PROCESSING_GUARANTEE"):
+        monkeypatch.delenv(f"PHOTOCLUST_{name}", raising=False)
+    return seen
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_demo_refuses_a_bad_worker_count(value: str, demo_settings: list, tmp_path: Path) -> None:
+    assert_user_error(run("demo", "--workers", value, "--workdir", tmp_path), "--workers")
+    assert demo_settings == []
+
+
+@pytest.mark.parametrize("env, workers, partitions", [(None, 1, None), (None, 3, 3), ("8", 3, 8), ("2", 4, 4)])
+def test_demo_gives_the_input_topic_a_partition_per_worker(env, workers, partitions, demo_settings, monkeypatch,
+                                                          tmp_path: Path) -> None:
+    from streams.config import Settings
+
+    if env is not None:
+        monkeypatch.setenv("PHOTOCLUST_PARTITIONS", env)
+    result = run("demo", "--workers", workers, "--workdir", tmp_path)
+    assert result.exit_code == 1 and "_StopBeforeTopics" in result.output, result.output
+    (settings,) = demo_settings
+    assert settings.partitions == (partitions or Settings().partitions)
+    assert settings.bootstrap_servers == "127.0.0.1:9"
+
+
+def test_demo_workers_with_exactly_once_is_a_user_error(demo_settings: list, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PHOTOCLUST_PROCESSING_GUARANTEE", "exactly_once")
+    assert_user_error(run("demo", "--workers", 2, "--workdir", tmp_path), "exactly_once", "partitions=1")
+    assert demo_settings == []
+
+
 # -- the two CSV parsers agree --------------------------------------------------------------------
 
 ids_st = st.text(st.characters(blacklist_characters=",\n\r \t#", blacklist_categories=("Cs",)), min_size=1, max_size=6)

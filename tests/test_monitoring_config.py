@@ -180,16 +180,21 @@ def test_alert_exprs_use_only_declared_metrics():
 
 # ------------------------------------------------------------------------------------------ prometheus
 
-@pytest.mark.parametrize("name, target", [("prometheus.yml", "127.0.0.1:6066"),
-                                          ("prometheus.compose.yml", "worker:6066")])
-def test_prometheus_config(name, target):
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus.compose.yml"])
+def test_prometheus_config(name):
     path = MONITORING / name
     text = path.read_text()
     assert Settings().web_port == 6066
     assert yaml_values(text, "job_name") == ["photoclust"]
     assert yaml_values(text, "metrics_path") == ["/metrics"]
     assert "15s" in yaml_values(text, "scrape_interval")
-    assert re.search(rf'targets:\s*\[\s*"{re.escape(target)}"\s*\]', text), f"{name}: no target {target}"
+    if name == "prometheus.yml":  # one worker on this host
+        assert re.search(r'targets:\s*\[\s*"127\.0\.0\.1:6066"\s*\]', text), f"{name}: no target 127.0.0.1:6066"
+    else:  # every replica of the compose service `worker` (--scale worker=N), found by DNS
+        assert "static_configs" not in text, f"{name}: a static target reaches one replica only"
+        assert re.search(r'names:\s*\[\s*"worker"\s*\]', text), f"{name}: no DNS name worker"
+        assert yaml_values(text, "type") == ["A"]
+        assert yaml_values(text, "port") == ["6066"]
     rule_files = yaml_values(text, "rule_files")
     assert rule_files == ["[alerts.yml]"], rule_files
     assert (path.parent / "alerts.yml").is_file()
@@ -206,6 +211,28 @@ def test_compose_wires_monitoring():
     assert re.search(r"^\s+PHOTOCLUST_WEB_HOST:\s*\"?0\.0\.0\.0\"?\s*$", text, re.M), \
         "the compose worker must bind 0.0.0.0 for the prometheus service to scrape it"
     assert len(re.findall(r'profiles:\s*\["monitoring"\]', text)) == 2
+
+
+def compose_service(name: str) -> str:
+    """The lines of one service of docker-compose.yml (from ``  name:`` to the next service)."""
+    m = re.search(rf"^  {re.escape(name)}:\n(.*?)(?=^  \S|^\S|\Z)", COMPOSE.read_text(), re.M | re.S)
+    assert m, f"docker-compose.yml has no service {name}"
+    return m.group(1)
+
+
+def test_compose_worker_can_scale():
+    """`docker compose up --scale worker=N`: nothing two replicas of the worker would both claim."""
+    worker = compose_service("worker")
+    assert not re.search(r"^\s+container_name:", worker, re.M)
+    ports = re.findall(r'^\s+-\s+"?([\d.:-]+)"?\s*(?:#.*)?$', worker.split("ports:", 1)[-1], re.M)
+    assert any(port.endswith(":6066") for port in ports), ports
+    for port in ports:  # [host-ip:][host-port:]container-port; no host port: a free one per replica
+        host_port = port.split(":")[-2] if ":" in port else ""
+        assert host_port == "" or "-" in host_port, f"fixed host port in {port!r}: a second replica cannot bind it"
+    # the data dir: one anonymous volume per replica, never a named volume or bind mount they would share
+    assert re.search(r"^\s+PHOTOCLUST_DATA_DIR:\s*/data/", worker, re.M)
+    assert re.search(r'^\s+-\s+"?/data"?\s*(?:#.*)?$', worker, re.M)
+    assert not re.search(r'^\s+-\s+"?[^\s:"]+:/data', worker, re.M)
 
 
 # ------------------------------------------------------------------------------------------ grafana provisioning
