@@ -402,7 +402,7 @@ def demo(photos: int, clusters: int | None, flip_prob: float, window_size: int, 
     run = f"demo-{int(time.time())}"
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    with user_errors():  # e.g. exactly_once in the environment, which allows one partition only
+    with user_errors():  # e.g. a bad setting in the environment
         base = Settings.load()
         base = base.replace(partitions=max(base.partitions, n_workers))
     workers: list[_DemoWorker] = []

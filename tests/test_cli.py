@@ -385,12 +385,6 @@ def test_demo_gives_the_input_topic_a_partition_per_worker(env, workers, partiti
     assert settings.bootstrap_servers == "127.0.0.1:9"
 
 
-def test_demo_workers_with_exactly_once_is_a_user_error(demo_settings: list, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PHOTOCLUST_PROCESSING_GUARANTEE", "exactly_once")
-    assert_user_error(run("demo", "--workers", 2, "--workdir", tmp_path), "exactly_once", "partitions=1")
-    assert demo_settings == []
-
-
 # -- the two CSV parsers agree --------------------------------------------------------------------
 
 ids_st = st.text(st.characters(blacklist_characters=",\n\r \t#", blacklist_categories=("Cs",)), min_size=1, max_size=6)
