@@ -52,11 +52,25 @@ METRICS = {m.name: m for m in (
            "Seconds the last window's outcomes and state took to be acknowledged by the broker."),
     Metric("photoclust_rebalances_total", "counter", "Consumer group rebalances seen by this worker."),
     Metric("photoclust_consumer_lag", "gauge",
-           "Messages not yet committed by the worker's group, per input partition (log end - committed).",
+           "Messages not yet committed by the worker's group, per partition of the input and unjoined topics "
+           "(log end - committed).", PARTITION),
+    Metric("photoclust_consumer_committed_offset", "gauge",
+           "The group's committed offset, per partition of the input and unjoined topics.", PARTITION),
+    Metric("photoclust_log_end_offset", "gauge", "Log-end offset, per partition of the input and unjoined topics.",
            PARTITION),
-    Metric("photoclust_consumer_committed_offset", "gauge", "The group's committed offset, per input partition.",
-           PARTITION),
-    Metric("photoclust_log_end_offset", "gauge", "Log-end offset, per input partition.", PARTITION),
+    Metric("photoclust_founder", "gauge", "1 while this worker owns the unjoined partition (it founds clusters)."),
+    Metric("photoclust_unjoined_lag", "gauge",
+           "Events of photoclust-unjoined the founder has not committed: the alarm that it falls behind."),
+    Metric("photoclust_join_photos_total", "counter",
+           "Photos of this worker's input partitions, by what the join stage did (joined or forwarded).",
+           ("result",)),
+    Metric("photoclust_centers_copy", "gauge", "Centers in this worker's copy of the centers topic."),
+    Metric("photoclust_centers_copy_lag", "gauge", "Records of the centers topic not yet in this worker's copy."),
+    Metric("photoclust_center_delay_seconds", "gauge",
+           "Seconds from a center block's founding to its arrival in this worker's copy (newest 1000 blocks).",
+           ("quantile",)),
+    Metric("photoclust_stage_cpu_seconds_total", "counter",
+           "Thread CPU seconds spent in each stage's core work (join, found).", ("stage",)),
     Metric("photoclust_lag_scrape_errors_total", "counter", "Lag queries to the broker that failed."),
     # Written by prometheus_client's ProcessCollector (Linux /proc), not by WorkerCollector.
     Metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
@@ -99,6 +113,18 @@ class WorkerCollector(Collector):
                       [((r.topic, r.partition), r.committed) for r in rows if r.committed is not None])
         yield _family("photoclust_log_end_offset", [((r.topic, r.partition), r.log_end) for r in rows])
         yield _one("photoclust_lag_scrape_errors_total", stats.get("lag_errors", 0))
+        join, found, replica = stats.get("join", {}), stats.get("found", {}), stats.get("replica", {})
+        yield _one("photoclust_founder", stats.get("role") == "founder")
+        yield _family("photoclust_unjoined_lag", [((), stats["unjoined_lag"])] if stats.get("unjoined_lag") is not None else [])
+        yield _family("photoclust_join_photos_total", [(("joined",), join.get("joined", 0)),
+                                                       (("forwarded",), join.get("forwarded", 0))])
+        yield _one("photoclust_centers_copy", replica.get("centers", 0))
+        yield _family("photoclust_centers_copy_lag", [((), replica["lag"])] if replica.get("lag") is not None else [])
+        delays = replica.get("center_delay_s") or {}
+        yield _family("photoclust_center_delay_seconds",
+                      [((q,), delays[key]) for q, key in (("0.5", "p50"), ("0.99", "p99")) if delays.get(key) is not None])
+        yield _family("photoclust_stage_cpu_seconds_total", [(("join",), join.get("cpu_seconds", 0.0)),
+                                                             (("found",), found.get("cpu_seconds", 0.0))])
 
 
 def build_registry(stats: Mapping[str, Any], lag: Sequence[PartitionLag] | None) -> CollectorRegistry:

@@ -18,6 +18,10 @@ STATS = {
     "last_window": {"photos": 5000, "seconds": 1.25, "publish_seconds": 0.5},
     "rebalances": 1, "lag_errors": 0, "ready": True, "windows_in_flight": 1,
     "clusters": 812, "pending": 77, "window_fill": 1234, "rss_bytes": 209_715_200,
+    "role": "founder", "unjoined_lag": 42,
+    "join": {"joined": 30_000, "forwarded": 5_000, "cpu_seconds": 3.5},
+    "found": {"cpu_seconds": 7.25},
+    "replica": {"centers": 800, "lag": 2, "center_delay_s": {"n": 10, "p50": 0.4, "p99": 1.5}},
 }
 LAG = [PartitionLag("photo-hashes", 0, 90, 100, 10), PartitionLag("photo-hashes", 1, None, 50, 50)]
 LAG_FAMILIES = ("photoclust_consumer_lag", "photoclust_consumer_committed_offset", "photoclust_log_end_offset")
@@ -127,3 +131,17 @@ def test_label_values_are_escaped(topic):
 
 def test_content_type_is_the_prometheus_text_format():
     assert CONTENT_TYPE.startswith("text/plain; version=") and "charset=utf-8" in CONTENT_TYPE
+
+
+def test_the_group_metrics_say_who_founds_and_how_far_each_copy_lags():
+    samples = _samples(render(STATS, LAG))
+    assert _value(samples, "photoclust_founder") == 1
+    assert _value(samples, "photoclust_unjoined_lag") == 42
+    assert _value(samples, "photoclust_join_photos_total", result="forwarded") == 5000
+    assert _value(samples, "photoclust_centers_copy") == 800 and _value(samples, "photoclust_centers_copy_lag") == 2
+    assert _value(samples, "photoclust_center_delay_seconds", quantile="0.99") == 1.5
+    assert _value(samples, "photoclust_stage_cpu_seconds_total", stage="found") == 7.25
+    joiner = _samples(render({**STATS, "role": "joiner", "unjoined_lag": None, "replica": {}}, None))
+    assert _value(joiner, "photoclust_founder") == 0
+    # unknown is no sample, not a fake 0
+    assert not any(name in ("photoclust_unjoined_lag", "photoclust_centers_copy_lag") for name, _ in joiner)
