@@ -65,6 +65,7 @@ class PhotoclustApp(faust.App):
             timeout = self.photoclust.settings.drain_timeout_s
             await self.photoclust.join.drain(timeout)
             await self.photoclust.found.drain(timeout)
+            await asyncio.get_running_loop().run_in_executor(None, self.photoclust.close)
         await super().on_stop()
 
 
@@ -89,6 +90,17 @@ class Worker:
         Kafka assigns this worker the unjoined partition."""
         await asyncio.get_running_loop().run_in_executor(None, self.replica.start)
         self.found.replica_loaded.set()
+
+    def close(self) -> None:
+        """Stop the centers reader, then close the local store once the found stage's thread (a
+        restore may still read the store) is done: an orderly close, not one at interpreter exit."""
+        self.replica.stop()
+        self.found.close()
+        if self.replica.alive:  # stuck in a call to the broker: it may still write to the store
+            log.warning("event=store_left_open reason='the centers reader did not stop within 10 s'")
+            return
+        self.store.close()
+        log.info("event=store_closed")
 
     def on_assigned(self, assigned: Any) -> None:
         self.rebalances += 1

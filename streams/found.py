@@ -267,6 +267,10 @@ class FoundStage:
                  self._windows_in_flight, len(self.window))
         return drained
 
+    def close(self) -> None:
+        """Wait for the core thread's current task (a window, a restore) to end; take no new one."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
     async def _finish_windows(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:

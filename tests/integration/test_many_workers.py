@@ -20,6 +20,7 @@ from kafka_support import (
     centers_history,
     collect_outcomes,
     free_port,
+    get_json,
     labels_of,
     photo_events,
     photo_ids,
@@ -208,6 +209,16 @@ def test_workers_join_and_leave_during_a_run(settings_factory, worker_factory, t
           f"purity {purity(labels, truth, ignore_noise=True):.4f}")
     assert sum(result.duplicates.values()) == 0, result.duplicates.most_common(3)
     assert purity(labels, truth, ignore_noise=True) >= 0.95
+    # Any worker answers /clusters/<id> with the whole cluster's figures: a joiner from the topics.
+    joiner = next(w for w in workers if w.alive() and w is not survivor)
+    for cluster_id in (0, len(centers_history(settings)) // 2):
+        wait_for(lambda: (a := _cluster(joiner, cluster_id)) and a == _cluster(survivor, cluster_id), 30,
+                 what=f"cluster {cluster_id} the same on the joiner {joiner.name} and the founder")
+        assert _cluster(joiner, cluster_id)["size"] > 0
+
+
+def _cluster(worker: WorkerProcess, cluster_id: int) -> dict[str, Any] | None:
+    return get_json(f"http://127.0.0.1:{worker.settings.web_port}/clusters/{cluster_id}")
 
 
 def test_a_stale_copy_only_forwards_more(settings_factory, worker_factory, tmp_path):
