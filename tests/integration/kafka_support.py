@@ -40,10 +40,12 @@ def free_port() -> int:
 
 
 def unique_settings(bootstrap: str, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings with a fresh app id and topics (uuid), small windows, quick flushes."""
+    """Settings with a fresh app id and topics (uuid), small windows, quick flushes; one input
+    partition (what the single-worker tests reason about; the tests of many workers ask for more)."""
     run = f"it-{uuid.uuid4().hex[:12]}"
     values: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
+        partitions=1,
         window_size=5000,
         max_wait_s=1.0,
         pending_idle_s=2.0,
