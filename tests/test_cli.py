@@ -371,7 +371,9 @@ def test_demo_refuses_a_bad_worker_count(value: str, demo_settings: list, tmp_pa
     assert demo_settings == []
 
 
-@pytest.mark.parametrize("env, workers, partitions", [(None, 1, None), (None, 3, 3), ("8", 3, 8), ("2", 4, 4)])
+# partitions None: the default (6) already gives every worker one
+@pytest.mark.parametrize("env, workers, partitions", [(None, 1, None), (None, 3, None), (None, 8, 8), ("8", 3, 8),
+                                                      ("2", 4, 4)])
 def test_demo_gives_the_input_topic_a_partition_per_worker(env, workers, partitions, demo_settings, monkeypatch,
                                                           tmp_path: Path) -> None:
     from streams.config import Settings
