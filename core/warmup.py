@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from .bkmeans import ASSIGN_METHODS, INIT_METHODS, BKMeans
 from .hamming import hamming_distances
 from .mih import MultiIndexHash
@@ -35,3 +36,8 @@ def warm_up(n_bits: int = 256) -> None:
     index.nearest(codes[:4])
     index.range_search(codes[:4], n_bits // 8)
     BKMeans(8, max_iter=2, init="linked", random_state=0).fit(crowded)
+    # Bk-means moves points among a few centers only in larger runs.
+    rows = np.arange(4, dtype=np.int64)
+    _kernels.nearest_among(codes, rows, np.ascontiguousarray(codes[:3].T), np.arange(3, dtype=np.int64),
+                           np.zeros(400, dtype=np.int64), np.full(400, 1 << 10, dtype=np.int32),
+                           np.full(400, 1 << 10, dtype=np.int32))
