@@ -44,6 +44,7 @@ import gc
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -289,11 +290,13 @@ def job_bkmeans(spec: dict) -> dict:
     X, _, _ = planted_codes(spec["bk_n"], spec["bk_k"], flip_prob=NEAR_FLIP, random_state=0)
     compiled = n_compiled()
     model = BKMeans(spec["bk_k"], max_iter=spec["bk_iters"], tol=0, init="linked", random_state=1)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started = time.perf_counter()
     model.fit(X)
     fit_s = time.perf_counter() - started
     return dict(
         fit_seconds=fit_s,
+        minor_page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
         n_iter=int(model.n_iter_),
         inertia=int(model.inertia_),
         digest=digest(model.labels_, model.cluster_centers_),
