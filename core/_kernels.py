@@ -276,8 +276,12 @@ def offer_link(partner, partner_d, x, y, d):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def bucket_links(codes, table_base, offsets, items, radius, window, key_chunks, partner, partner_d):
-    """The nearest codes within ``radius`` that share a bucket of an MIH table over ``codes``.
+def bucket_links(
+    codes, sub_len, table_base, block_start, bucket_offset, block_shift, items, radius, window, key_chunks, partner,
+    partner_d,
+):
+    """The nearest codes within ``radius`` that share a bucket of an MIH table over ``codes`` (the
+    tables' arrays as :class:`core.mih.MultiIndexHash` keeps them).
 
     Each code is compared with the next ``window`` codes of its bucket (every pair in buckets of up
     to ``window + 1``), table after table; a table's buckets are cut into ``key_chunks[j]`` slices
@@ -287,15 +291,15 @@ def bucket_links(codes, table_base, offsets, items, radius, window, key_chunks, 
     memory where clusters are large.
     """
     n = codes.shape[0]
-    for j in range(table_base.shape[0] - 1):
+    for j in range(sub_len.shape[0]):
         base = table_base[j]
         first = j * n
-        n_keys = table_base[j + 1] - base - 1
+        n_keys = np.int64(1) << sub_len[j]
         n_chunks = key_chunks[j]
         for chunk in prange(n_chunks):
             for key in range(chunk * n_keys // n_chunks, (chunk + 1) * n_keys // n_chunks):
-                start = offsets[base + key]
-                stop = offsets[base + key + 1]
+                start = bucket_start(block_start, bucket_offset, block_shift, base + key)
+                stop = bucket_start(block_start, bucket_offset, block_shift, base + key + 1)
                 for p in range(start, stop):
                     x = items[first + p]
                     for q in range(p + 1, min(stop, p + 1 + window)):
@@ -438,6 +442,17 @@ def majority_centers(points, offsets, order, old_centers, new_centers, sizes):
 # is a CSR bucket array keyed by substring j. Pigeonhole: an item that differs from the query in at
 # most s bits in none of the substrings is at distance >= m * (s + 1), so searching every substring
 # out to radius s settles every item nearer than that.
+#
+# The tables are compact: table j's bucket b holds the ids of the tabled items whose substring j is
+# b, ascending, at ``items[j * n + start(b) : j * n + start(b + 1)]``. The bucket starts are stored in
+# two parts: ``block_start`` (int32, one per block of ``2**block_shift`` buckets) and
+# ``bucket_offset`` (uint8 or uint16, one per bucket: its start minus its block's start). Tables sit
+# at ``table_base[j]`` in the flat arrays, ``2**len_j + 1`` entries (the last one ends the table),
+# padded to whole blocks. At about one item per bucket (what the automatic number of substrings
+# aims for) uint8 offsets in blocks of 64 take ~1.1 bytes per bucket instead of 8 for int64 starts,
+# which were the bulk of an index's memory (a 20-bit substring has 2**20 buckets). Where a bucket
+# is crowded (many equal substrings) the blocks shrink or the offsets widen to uint16 (see
+# ``core.mih``); the kernels are the same for both widths.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -451,32 +466,70 @@ def substring_key(codes, i, word, shift, length):
     return np.int64(key & mask)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def substring_keys(codes, sub_word, sub_shift, sub_len, keys):
-    """OUT ``keys[j, i]``: substring j of code i."""
-    for i in prange(codes.shape[0]):
-        for j in range(sub_word.shape[0]):
-            keys[j, i] = substring_key(codes, i, sub_word[j], sub_shift[j], sub_len[j])
+@njit(inline="always", nogil=True, cache=True)
+def bucket_start(block_start, bucket_offset, block_shift, pos):
+    """Where the bucket at flat position ``pos`` starts in its table's items."""
+    return np.int64(block_start[pos >> block_shift]) + np.int64(bucket_offset[pos])
 
 
 @njit(nogil=True, cache=True)
-def build_tables(keys, table_base, offsets, items):
-    """CSR bucket tables from ``keys[m, n]``: OUT ``offsets`` (flat, table j at ``table_base[j]``,
-    ``2**len_j + 1`` entries) and ``items[j * n + p]`` (item ids in ascending order per bucket)."""
-    m, n = keys.shape
-    offsets[:] = 0
-    for j in range(m):
+def table_starts(codes, word, shift, length, starts):
+    """OUT ``starts[b]``: the number of codes whose substring (word, shift, length) is below b, for
+    b in 0 .. 2**length (a counting sort's bucket starts)."""
+    starts[:] = 0
+    for i in range(codes.shape[0]):
+        starts[substring_key(codes, i, word, shift, length) + 1] += 1
+    for b in range(starts.shape[0] - 1):
+        starts[b + 1] += starts[b]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def table_block_shifts(codes, sub_word, sub_shift, sub_len, max_span, max_shift, out):
+    """OUT ``out[j, t]``: the largest block shift (at most ``max_shift[t]``) for which every bucket
+    of table j starts at most ``max_span[t]`` items after its block of ``2**shift`` buckets (0
+    always fits: every bucket its own block)."""
+    for j in prange(sub_word.shape[0]):
+        n_entries = (1 << sub_len[j]) + 1
+        starts = np.empty(n_entries, dtype=np.int64)
+        table_starts(codes, sub_word[j], sub_shift[j], sub_len[j], starts)
+        for t in range(max_span.shape[0]):
+            out[j, t] = 0
+            for block_shift in range(max_shift[t], 0, -1):
+                fits = True
+                for first in range(0, n_entries, 1 << block_shift):
+                    last = min(first + (1 << block_shift), n_entries) - 1
+                    if starts[last] - starts[first] > max_span[t]:
+                        fits = False
+                        break
+                if fits:
+                    out[j, t] = block_shift
+                    break
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def build_tables(codes, sub_word, sub_shift, sub_len, table_base, block_shift, block_start, bucket_offset, items):
+    """The compact CSR tables over ``codes`` (see above), one table per thread: OUT ``block_start``,
+    ``bucket_offset`` and ``items[j * n + p]`` (item ids ascending within each bucket).
+    ``table_base`` must leave each table whole blocks of ``2**block_shift`` entries, and
+    ``block_shift`` must fit every table (:func:`table_block_shifts`)."""
+    n = codes.shape[0]
+    low = (np.int64(1) << block_shift) - 1
+    for j in prange(sub_word.shape[0]):
+        n_entries = (1 << sub_len[j]) + 1
         base = table_base[j]
-        for i in range(n):
-            offsets[base + keys[j, i] + 1] += 1
-        n_buckets = table_base[j + 1] - base - 1
-        for b in range(n_buckets):
-            offsets[base + b + 1] += offsets[base + b]
-        fill = offsets[base:base + n_buckets].copy()
-        for i in range(n):
-            b = keys[j, i]
-            items[j * n + fill[b]] = i
-            fill[b] += 1
+        starts = np.empty(n_entries, dtype=np.int64)
+        table_starts(codes, sub_word[j], sub_shift[j], sub_len[j], starts)
+        for b in range(n_entries):
+            first = b & ~low
+            if b == first:
+                block_start[(base + b) >> block_shift] = starts[b]
+            bucket_offset[base + b] = starts[b] - starts[first]
+        for pos in range(base + n_entries, table_base[j + 1]):  # padding to a whole block
+            bucket_offset[pos] = 0
+        for i in range(n):  # starts[b] becomes the next free slot of bucket b
+            b = substring_key(codes, i, sub_word[j], sub_shift[j], sub_len[j])
+            items[j * n + starts[b]] = i
+            starts[b] += 1
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -492,8 +545,8 @@ def probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_ta
     """Start a probe of table ``j`` at radius ``s``: the buckets whose keys differ from substring
     ``j`` of ``queries[q]`` in exactly ``s`` bits, in Gosper order. Walk it with ``probe_next``.
 
-    The state is (query key, table start in ``offsets``, table start in ``items``, key bits, s,
-    current mask or -1 before the first, current bucket ``p:stop`` in ``items``).
+    The state is (query key, table start in the bucket arrays, table start in ``items``, key bits,
+    s, current mask or -1 before the first, current bucket ``p:stop`` in ``items``).
     """
     length = sub_len[j]
     qkey = substring_key(queries, q, sub_word[j], sub_shift[j], length)
@@ -503,7 +556,7 @@ def probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_ta
 
 
 @njit(inline="always", nogil=True, cache=True)
-def probe_next(probe, offsets, items, stamp, stamp_value, skip):
+def probe_next(probe, block_start, bucket_offset, block_shift, items, stamp, stamp_value, skip):
     """Next item of the probe neither stamped with ``stamp_value`` nor ``skip``; stamps it.
 
     Returns ``(item, probe)``; item is -1 once the probe is exhausted. ``skip`` is read afresh on
@@ -527,8 +580,8 @@ def probe_next(probe, offsets, items, stamp, stamp_value, skip):
         if mask >= np.int64(1) << length:
             return -1, (qkey, base, first, length, s, mask, p, stop)
         key = qkey ^ mask
-        p = offsets[base + key]
-        stop = offsets[base + key + 1]
+        p = bucket_start(block_start, bucket_offset, block_shift, base + key)
+        stop = bucket_start(block_start, bucket_offset, block_shift, base + key + 1)
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -546,8 +599,8 @@ def offer_nearest(d, c, best_d, best_c, second_d):
 
 @njit(nogil=True, cache=True)
 def mih_search_one(
-    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
-    n_tabled, stamp, stamp_value, max_distance, probe_budget, best_d, best_c,
+    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset, block_shift,
+    items, n_tabled, stamp, stamp_value, max_distance, probe_budget, best_d, best_c,
 ):
     """Exact nearest item to ``queries[q]`` starting from the candidate (best_d, best_c).
 
@@ -590,7 +643,8 @@ def mih_search_one(
                 return best_d, best_c, second_d, m * s, False
             probe = probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_tabled)
             while True:
-                c, probe = probe_next(probe, offsets, items, stamp, stamp_value, best_c)
+                c, probe = probe_next(probe, block_start, bucket_offset, block_shift, items, stamp, stamp_value,
+                                      best_c)
                 if c < 0:
                     break
                 d = row_distance(queries, q, items_codes, c)
@@ -610,8 +664,8 @@ def mih_search_one(
 
 @njit(parallel=True, nogil=True, cache=True)
 def mih_nearest(
-    queries, rows, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
-    max_distance, probe_budget, labels, best, lower, resolved,
+    queries, rows, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset, block_shift,
+    items, n_tabled, max_distance, probe_budget, labels, best, lower, resolved,
 ):
     """MIH nearest for ``queries[rows]``; IN/OUT ``labels``/``best`` (candidate in, nearest out),
     OUT ``lower`` (bound on every other item) and ``resolved`` (False: over budget, scan instead)."""
@@ -624,8 +678,8 @@ def mih_nearest(
             i = rows[r]
             stamp_value += 1
             d, c, second_d, unseen, ok = mih_search_one(
-                queries, i, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
-                n_tabled, stamp, stamp_value, max_distance, probe_budget, best[i], labels[i],
+                queries, i, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset,
+                block_shift, items, n_tabled, stamp, stamp_value, max_distance, probe_budget, best[i], labels[i],
             )
             labels[i] = c
             best[i] = d
@@ -635,8 +689,8 @@ def mih_nearest(
 
 @njit(nogil=True, cache=True)
 def mih_range_one(
-    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
-    stamp, stamp_value, radius, out_idx, out_dist, emit,
+    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset, block_shift,
+    items, n_tabled, stamp, stamp_value, radius, out_idx, out_dist, emit,
 ):
     """Every item within ``radius`` of ``queries[q]``; writes them if ``emit``; returns the count."""
     m = sub_word.shape[0]
@@ -658,7 +712,7 @@ def mih_range_one(
                 continue
             probe = probe_start(queries, q, j, s, sub_word, sub_shift, sub_len, table_base, n_tabled)
             while True:
-                c, probe = probe_next(probe, offsets, items, stamp, stamp_value, -1)
+                c, probe = probe_next(probe, block_start, bucket_offset, block_shift, items, stamp, stamp_value, -1)
                 if c < 0:
                     break
                 d = row_distance(queries, q, items_codes, c)
@@ -674,8 +728,8 @@ def mih_range_one(
 
 @njit(parallel=True, nogil=True, cache=True)
 def mih_range(
-    queries, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items, n_tabled,
-    radius, out_offsets, out_idx, out_dist, emit,
+    queries, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset, block_shift, items,
+    n_tabled, radius, out_offsets, out_idx, out_dist, emit,
 ):
     """Range search for all queries. With ``emit`` False, OUT ``out_offsets[q + 1]`` = count;
     with ``emit`` True, fills ``out_idx``/``out_dist`` at the given CSR offsets."""
@@ -689,11 +743,11 @@ def mih_range(
             if emit:
                 start = out_offsets[q]
                 count = mih_range_one(
-                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
-                    n_tabled, stamp, stamp_value, radius, out_idx[start:], out_dist[start:], True,
+                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset,
+                    block_shift, items, n_tabled, stamp, stamp_value, radius, out_idx[start:], out_dist[start:], True,
                 )
             else:
                 out_offsets[q + 1] = mih_range_one(
-                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, offsets, items,
-                    n_tabled, stamp, stamp_value, radius, out_idx, out_dist, False,
+                    queries, q, items_codes, sub_word, sub_shift, sub_len, table_base, block_start, bucket_offset,
+                    block_shift, items, n_tabled, stamp, stamp_value, radius, out_idx, out_dist, False,
                 )

@@ -213,7 +213,8 @@ def _init_linked(codes: np.ndarray, k: int, rng: np.random.Generator) -> Seeding
             view = np.empty_like(codes)
             _kernels.permute_bits(codes, rng.permutation(n_bits), view)
         tables = MultiIndexHash(n_substrings=m).fit(view)
-        _kernels.bucket_links(view, tables._table_base, tables._offsets, tables._items, radius,
+        _kernels.bucket_links(view, tables._sub_len, tables._table_base, tables._block_start, tables._bucket_offset,
+                              tables._block_shift, tables._items, radius,
                               LINK_WINDOW, np.full(m, 64, dtype=np.int64),  # parallel slices of each table's buckets
                               partner, partner_d)
         del tables

@@ -36,17 +36,32 @@ def paired_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+SCAN_BLOCK = 1 << 16  # centers transposed at a time by nearest_brute: 2 MiB at 256 bits
+
+
 def nearest_brute(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exhaustive nearest center of every point; ties go to the lowest center index.
 
     Returns ``(labels int64[N], distances int32[N])``; with no centers, labels are -1.
+
+    The scan kernel reads the centers transposed; they are transposed ``SCAN_BLOCK`` at a time, so a
+    scan against a million centers (a join's fallback) does not allocate a second copy of all of
+    them (32 MB at 256 bits, which glibc then tends to keep).
     """
     points, centers = _check_pair(points, centers, ("points", "centers"))
     n = points.shape[0]
     labels = np.full(n, -1, dtype=np.int64)
     best = np.full(n, _kernels.FAR, dtype=np.int32)
-    second = np.empty(n, dtype=np.int32)
     if n and centers.shape[0]:
-        _kernels.nearest_scan(points, np.arange(n, dtype=np.int64), np.ascontiguousarray(centers.T), labels, best, second)
+        rows = np.arange(n, dtype=np.int64)
+        block_labels = np.empty(n, dtype=np.int64)
+        block_best = np.empty(n, dtype=np.int32)
+        second = np.empty(n, dtype=np.int32)
+        for start in range(0, centers.shape[0], SCAN_BLOCK):
+            block_t = np.ascontiguousarray(centers[start:start + SCAN_BLOCK].T)
+            _kernels.nearest_scan(points, rows, block_t, block_labels, block_best, second)
+            nearer = block_best < best  # strictly: on a tie the earlier block's lower index stays
+            labels[nearer] = block_labels[nearer] + start
+            best[nearer] = block_best[nearer]
     best[labels < 0] = -1
     return labels, best

@@ -1,7 +1,8 @@
 """Multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012) over a growing set of binary codes.
 
 Exact nearest-neighbour and range search in Hamming space. The codes are cut into ``m`` disjoint
-substrings and each substring indexes a CSR bucket table (flat numpy arrays, no Python dicts). By
+substrings and each substring indexes a CSR bucket table (flat numpy arrays, no Python dicts; the
+bucket starts compacted to about a byte per bucket, see ``core._kernels``). By
 the pigeonhole principle, an item whose distance from the query is below ``m * (s + 1)`` matches the
 query within ``s`` bits in at least one substring, so probing every table out to radius ``s``
 settles every such item; the search grows ``s`` until the nearest candidate is settled.
@@ -22,8 +23,15 @@ from . import _kernels
 from ._validation import check_int, is_int
 from .codes import check_codes
 
-MAX_SUBSTRING_BITS = 20  # a table has 2**bits buckets: 20 bits is 4 MiB of offsets per table
+MAX_SUBSTRING_BITS = 20  # a table has 2**bits buckets: 20 bits is ~1.1 MiB of bucket starts per table
+# The widths a compact table's bucket offsets may take, with the most buckets per block for each:
+# one int32 block start per 64 buckets adds 1/16 byte per bucket to a uint8 offset, and at ~1 item
+# per bucket a block holds ~64 items, well within the 255 a uint8 offset allows. uint16 is for
+# crowded buckets (many equal substrings), where uint8 would need blocks of very few buckets.
+OFFSET_WIDTHS = ((np.uint8, 6), (np.uint16, 8))
 UNLIMITED = np.iinfo(np.int64).max
+MAX_ITEMS = 2**31 - 1  # item ids are stored as int32
+GROWTH = 1.25  # the code buffer grows by this factor: at most 25 % spare capacity, amortised copies
 
 
 def auto_n_substrings(n_bits: int, n_items: int) -> int:
@@ -71,6 +79,8 @@ class MultiIndexHash:
         """Index ``codes`` as items ``0 .. len(codes) - 1``."""
         codes = check_codes(codes)
         self._validate_params(codes.shape[1] * 64)
+        if codes.shape[0] > MAX_ITEMS:
+            raise ValueError(f"an index holds at most {MAX_ITEMS} items (ids are int32), got {codes.shape[0]}")
         self.n_bits_ = codes.shape[1] * 64
         self._buffer = np.array(codes, dtype=np.uint64, order="C", copy=True)
         self.n_items_ = codes.shape[0]
@@ -82,8 +92,10 @@ class MultiIndexHash:
         self._check_fitted()
         codes = check_codes(codes, self.n_bits_)
         start, stop = self.n_items_, self.n_items_ + codes.shape[0]
+        if stop > MAX_ITEMS:
+            raise ValueError(f"an index holds at most {MAX_ITEMS} items (ids are int32), {stop} asked for")
         if stop > self._buffer.shape[0]:
-            grown = np.empty((max(stop, 2 * self._buffer.shape[0], 1024), self._buffer.shape[1]), np.uint64)
+            grown = np.empty((max(stop, int(GROWTH * self._buffer.shape[0]), 1024), self._buffer.shape[1]), np.uint64)
             grown[:start] = self._buffer[:start]
             self._buffer = grown
         self._buffer[start:stop] = codes
@@ -109,15 +121,37 @@ class MultiIndexHash:
         self._sub_word = (starts // 64).astype(np.int64)
         self._sub_shift = (starts % 64).astype(np.int64)
         self._sub_len = lengths
-        self._table_base = np.concatenate(([0], np.cumsum((1 << lengths) + 1))).astype(np.int64)
-        keys = np.empty((m, n), dtype=np.int64)
-        items = self._buffer[:n]
-        _kernels.substring_keys(items, self._sub_word, self._sub_shift, self._sub_len, keys)
-        self._offsets = np.empty(self._table_base[-1], dtype=np.int64)
+        codes = self._buffer[:n]
+        dtype, block_shift = self._offset_layout(codes, lengths)
+        block = 1 << block_shift
+        entries = -(-((1 << lengths) + 1) // block) * block  # 2**len + 1 per table, in whole blocks
+        self._table_base = np.concatenate(([0], np.cumsum(entries))).astype(np.int64)
+        self._block_start = self._bucket_offset = self._items = None  # the old tables go first (peak memory)
+        self._block_shift = block_shift
+        self._block_start = np.empty(self._table_base[-1] >> block_shift, dtype=np.int32)
+        self._bucket_offset = np.empty(self._table_base[-1], dtype=dtype)
         self._items = np.empty(m * n, dtype=np.int32)
-        _kernels.build_tables(keys, self._table_base, self._offsets, self._items)
+        _kernels.build_tables(codes, self._sub_word, self._sub_shift, lengths, self._table_base, block_shift,
+                              self._block_start, self._bucket_offset, self._items)
         self._n_tabled = n
         self.n_substrings_ = m
+
+    def _offset_layout(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[type, int]:
+        """The bucket offset width and block shift that take the fewest bytes per bucket."""
+        spans = np.array([np.iinfo(dtype).max for dtype, _ in OFFSET_WIDTHS], dtype=np.int64)
+        max_shifts = np.array([shift for _, shift in OFFSET_WIDTHS], dtype=np.int64)
+        fits = np.empty((lengths.shape[0], spans.shape[0]), dtype=np.int64)
+        _kernels.table_block_shifts(codes, self._sub_word, self._sub_shift, lengths, spans, max_shifts, fits)
+        shifts = fits.min(axis=0)
+        cost = [np.dtype(dtype).itemsize + 4 / 2.0**shift for (dtype, _), shift in zip(OFFSET_WIDTHS, shifts)]
+        best = int(np.argmin(cost))
+        return OFFSET_WIDTHS[best][0], int(shifts[best])
+
+    def _tables(self) -> tuple:
+        """The tables as the search kernels take them, after the item codes: substring layout,
+        compact CSR tables and how many items they hold."""
+        return (self._sub_word, self._sub_shift, self._sub_len, self._table_base, self._block_start,
+                self._bucket_offset, self._block_shift, self._items, self._n_tabled)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):
@@ -149,8 +183,7 @@ class MultiIndexHash:
         resolved = np.ones(n, dtype=np.bool_)
         if rows.shape[0] and self.n_items_:
             _kernels.mih_nearest(
-                queries, rows, self._buffer[: self.n_items_], self._sub_word, self._sub_shift,
-                self._sub_len, self._table_base, self._offsets, self._items, self._n_tabled,
+                queries, rows, self._buffer[: self.n_items_], *self._tables(),
                 int(max_distance), int(probe_budget), labels, best, lower, resolved,
             )
         return lower, resolved
@@ -200,10 +233,7 @@ class MultiIndexHash:
         no_dist = np.empty(0, dtype=np.int32)
         if n == 0 or self.n_items_ == 0:
             return offsets, no_idx, no_dist
-        args = (
-            queries, self._buffer[: self.n_items_], self._sub_word, self._sub_shift, self._sub_len,
-            self._table_base, self._offsets, self._items, self._n_tabled, radius, offsets,
-        )
+        args = (queries, self._buffer[: self.n_items_], *self._tables(), radius, offsets)
         _kernels.mih_range(*args, no_idx, no_dist, False)
         np.cumsum(offsets, out=offsets)
         indices = np.empty(offsets[-1], dtype=np.int64)

@@ -6,6 +6,9 @@ that inside its first window, and a benchmark must not time it.
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import _kernels
 from .bkmeans import ASSIGN_METHODS, INIT_METHODS, BKMeans
 from .hamming import hamming_distances
 from .mih import MultiIndexHash
@@ -26,3 +29,15 @@ def warm_up(n_bits: int = 256) -> None:
     clusterer.process([str(i) for i in range(200)], codes[:200], now=0.0)
     clusterer.process([str(i) for i in range(200, 400)], codes[200:], now=1.0)
     MultiIndexHash().fit(codes).range_search(codes[:4], n_bits // 8)
+    # Crowded buckets (many equal substrings) make MIH tables with uint16 bucket offsets: the same
+    # kernels, compiled for that width too.
+    crowded = np.concatenate((np.repeat(codes[:1], 300, axis=0), codes))
+    index = MultiIndexHash().fit(crowded)
+    index.nearest(codes[:4])
+    index.range_search(codes[:4], n_bits // 8)
+    BKMeans(8, max_iter=2, init="linked", random_state=0).fit(crowded)
+    # Bk-means moves points among a few centers only in larger runs.
+    rows = np.arange(4, dtype=np.int64)
+    _kernels.nearest_among(codes, rows, np.ascontiguousarray(codes[:3].T), np.arange(3, dtype=np.int64),
+                           np.zeros(400, dtype=np.int64), np.full(400, 1 << 10, dtype=np.int32),
+                           np.full(400, 1 << 10, dtype=np.int32))

@@ -25,6 +25,21 @@ def test_nearest_ties_go_to_lowest_index():
     assert labels[0] == 7 and labels[1] == 7
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 16])
+def test_nearest_brute_in_blocks_of_centers_equals_one_scan(monkeypatch, block):
+    from core import hamming
+
+    monkeypatch.setattr(hamming, "SCAN_BLOCK", block)
+    rng = np.random.default_rng(8)
+    centers = random_codes(rng, 150, 128)
+    centers[100:] = centers[:50]  # the same center again in a later block: the lower id must win
+    points = np.concatenate((centers[[0, 49, 120]], random_codes(rng, 40, 128)))
+    labels, dist = nearest_brute(points, centers)
+    ref_labels, ref_dist = reference_nearest(points, centers)
+    assert np.array_equal(labels, ref_labels) and np.array_equal(dist, ref_dist)
+    assert labels[:3].tolist() == [0, 49, 20]
+
+
 def test_width_mismatch_is_an_error():
     with pytest.raises(ValueError, match="256-bit codes but centers are 64-bit"):
         nearest_brute(np.zeros((1, 4), np.uint64), np.zeros((1, 1), np.uint64))

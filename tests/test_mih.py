@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from core.hamming import hamming_distances
 from core.mih import MultiIndexHash
 from helpers import flip_bits, random_codes, reference_distances
 
@@ -84,6 +85,26 @@ def test_adversarial_all_equal_and_far():
     assert (labels == 0).all() and (dist == 256).all()
     offsets, idx, _ = index.range_search(zeros[:2], 0)
     assert np.array_equal(idx, np.concatenate([np.arange(50), np.arange(50)]))
+
+
+@pytest.mark.parametrize("n_items, n_equal, layout", [
+    (3000, 0, (np.uint8, 6)),  # about one item per bucket: uint8 offsets in blocks of 64 buckets
+    (3000, 400, (np.uint16, 8)),  # a bucket of 400: uint8 would need blocks of one bucket
+    (70_000, 70_000, (np.uint8, 0)),  # a bucket of 70,000 overflows uint16 too: one bucket per block
+])
+def test_crowded_buckets_change_the_table_layout_not_the_answers(n_items, n_equal, layout):
+    rng = np.random.default_rng(11)
+    items, queries = _clustered(rng, n_items, 40, 256, 0.05)
+    items[:n_equal] = items[0]  # equal codes share a bucket in every table
+    index = MultiIndexHash().fit(items)
+    assert (index._bucket_offset.dtype, index._block_shift) == (np.dtype(layout[0]), layout[1])
+    ref = hamming_distances(queries, items)
+    labels, dist = index.nearest(queries)
+    assert np.array_equal(labels, ref.argmin(axis=1))
+    assert np.array_equal(dist, ref.min(axis=1))
+    offsets, idx, _ = index.range_search(queries[:5], 20)
+    for q in range(5):
+        assert np.array_equal(np.sort(idx[offsets[q]:offsets[q + 1]]), np.flatnonzero(ref[q] <= 20))
 
 
 def test_state_round_trip():

@@ -185,9 +185,9 @@ def malloc_stats() -> dict[str, int] | None:
 def clusterer_bytes(clusterer: Any) -> dict[str, int]:
     """Bytes of the arrays an OnlineClusterer holds alive (reads private attributes: accounting only).
 
-    ``index_codes`` is the MIH code buffer including its spare capacity (it grows by doubling),
-    ``index_tables`` the bucket offsets (one table of 2**bits + 1 int64 per substring, independent of
-    the number of centers) and the item lists (one int32 per center and substring).
+    ``index_codes`` is the MIH code buffer including its spare capacity, ``index_tables`` the bucket
+    starts (2**bits + 1 per substring, independent of the number of centers: int64 before the compact
+    tables, about 1.1 bytes each since) and the item lists (one int32 per center and substring).
     """
     index = getattr(clusterer, "_index", None)
     out = dict(index_codes=0, index_tables_offsets=0, index_tables_items=0, bookkeeping=0, pending_arrays=0,
@@ -195,7 +195,8 @@ def clusterer_bytes(clusterer: Any) -> dict[str, int]:
     if index is None:
         return out
     out["index_codes"] = int(index._buffer.nbytes)
-    out["index_tables_offsets"] = int(getattr(index, "_offsets", np.zeros(0)).nbytes)
+    out["index_tables_offsets"] = sum(int(getattr(index, name).nbytes) for name in ("_offsets", "_block_start",
+                                      "_bucket_offset") if getattr(index, name, None) is not None)
     out["index_tables_items"] = int(getattr(index, "_items", np.zeros(0)).nbytes)
     out["bookkeeping"] = int(clusterer._sizes.nbytes + clusterer._created_ts.nbytes + clusterer._updated_ts.nbytes)
     out["pending_arrays"] = int(clusterer._pending_codes.nbytes + clusterer._pending_first_seen.nbytes
