@@ -48,6 +48,15 @@ from .store import LocalStore
 log = logging.getLogger("photoclust.found")
 
 
+def _evicted(app: Any) -> bool:
+    """True if the group has already dropped this member: aiokafka resets its generation when a
+    heartbeat or a join finds the member unknown or its generation stale."""
+    try:
+        return app.consumer._thread._ensure_consumer()._coordinator.generation < 0
+    except AttributeError:  # another transport, or not started: assume an ordinary rebalance
+        return False
+
+
 @dataclass
 class Window:
     """Photos waiting to be clustered, the join stage's join counts, and the messages to ack once done."""
@@ -140,13 +149,21 @@ class FoundStage:
         self._revoking = True
         if self._restore_task is not None and not self._restore_task.done():
             self._restore_task.cancel()  # a later assignment restores again
-        finished = await self._finish_windows(timeout) if self._ready.is_set() else True
+        # Finishing is right in an ordinary rebalance: the partition moves on only once this
+        # worker has rejoined. A worker that the group had already dropped (no heartbeat for
+        # session_timeout_s: a long pause) learns of it only now, after another worker took the
+        # partition over: it must not publish anything more.
+        evicted = _evicted(self.app)
+        if evicted:
+            log.warning("event=founder_evicted action='drop the windows in flight' reason='the group dropped this "
+                        "worker before the rebalance (no heartbeat within session_timeout_s)'")
+        finished = await self._finish_windows(timeout) if self._ready.is_set() and not evicted else False
         self.owner = False
         self._generation += 1
         self._ready.clear()
         self.window = Window(generation=self._generation)
         if not finished:
-            self._dirty = True
+            self._dirty = self.clusterer is not None
         log.info("event=founder_revoked generation=%d windows_finished=%s", self._generation, finished)
 
     # -- start-up ---------------------------------------------------------------------------------

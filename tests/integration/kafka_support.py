@@ -141,6 +141,15 @@ class WorkerProcess:
         self.proc.wait(30)
         self.exit_code = self.proc.returncode
 
+    def pause(self) -> None:
+        """SIGSTOP the worker's process group: a long pause (GC, a stalled VM) that the group sees as death."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 45.0) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""
         if self.proc is None:

@@ -276,3 +276,40 @@ def test_exactly_once_with_three_workers_and_a_sigkill(settings_factory, worker_
     print(f"exactly_once: {len(result.final)} photos, {result.events} outcome events, new founder {survivor.name}")
     assert sum(result.duplicates.values()) == 0, result.duplicates.most_common(3)
     assert result.events == n_photos
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_paused_founder_that_comes_back_is_fenced(settings_factory, worker_factory, tmp_path, guarantee):
+    """The founder stops answering mid-window (SIGSTOP) for longer than the session timeout: the
+    group gives its partition to another worker, which founds on. When the old founder resumes, it
+    must not publish its window: its transaction is fenced by the new owner's (same transactional
+    id), and it drops what it had in flight. No cluster id gets two centers; every photo one outcome."""
+    n_photos = 24_000
+    ids, codes, truth = _new_clusters_throughout(n_photos, 240, seed=46)
+    events = photo_events(ids, to_bytes(codes), batch_size=100)
+    settings = _group_settings(settings_factory, window_size=3000, processing_guarantee=guarantee)
+    workers = _start_group(settings, worker_factory, tmp_path, 2)
+    zombie = _founder(workers)
+    half = len(events) // 2
+    produce_events(settings, events[:half // 2])
+    for start in range(half // 2, half, 5):
+        produce_events(settings, events[start:start + 5])
+        if (zombie.stats() or {}).get("windows_in_flight"):
+            break
+        time.sleep(0.02)
+    zombie.pause()
+    try:
+        survivor = wait_for(lambda: _founder(workers), 90, what="a new founder while the old one is paused")
+        produce_events(settings, events[start + 5:])
+        wait_for(lambda: (s := survivor.stats()) and s["found"]["windows"] >= 2, 60, what="the new founder's windows")
+    finally:
+        zombie.resume()
+    result = collect_outcomes(settings, ids, timeout=180, workers=[survivor])
+    _check_outcomes(settings, result, ids, codes)  # no cluster id with two centers
+    log = zombie.log_path.read_text()
+    fenced, evicted = "ProducerFenced" in log, "event=founder_evicted" in log
+    print(f"zombie {zombie.name}: fenced {fenced} (then exit code {zombie.proc.poll()}), evicted logged {evicted}; "
+          f"{sum(result.duplicates.values())} duplicates")
+    assert evicted or fenced, zombie.log_tail()
+    if guarantee == "exactly_once":
+        assert sum(result.duplicates.values()) == 0, result.duplicates.most_common(3)
