@@ -32,6 +32,7 @@ from core.codes import from_hex, hex_error
 from .commit import CommitSequence
 from .config import SECRET_FIELDS, Settings
 from .exposition import CONTENT_TYPE, render, resident_memory_bytes
+from .faust_fast import LightMonitor, RawSchema, Transport
 from .found import FoundStage
 from .input_order import InputOrderGuard
 from .join import JoinStage
@@ -41,8 +42,8 @@ from .store import LocalStore
 
 log = logging.getLogger("photoclust")
 # Keys and values are bytes we (de)serialise ourselves, so that undecodable input reaches the
-# dead-letter topic instead of crashing Faust's decoder. (faust.Schema(...) passed as schema= was
-# not honoured for topics here: values were still JSON-decoded.)
+# dead-letter topic instead of crashing Faust's decoder. RawSchema gives them as they are without a
+# look-up in Faust's serializer registry per record; these settings say the same to Faust.
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 # Faust's ack bookkeeping holds one list entry per message; take events in bounded batches.
 TAKE_BATCH = 2_000
@@ -63,8 +64,6 @@ class PhotoclustApp(faust.App):
     def _new_transport(self) -> Any:
         """Faust's aiokafka transport, with the cheaper hand-over of records to the agents of
         :mod:`streams.faust_fast`."""
-        from .faust_fast import Transport
-
         return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
@@ -217,10 +216,15 @@ def create_app(settings: Settings) -> Worker:
         producer_max_batch_size=512 * 1024,
         producer_compression_type="lz4",
         stream_wait_empty=False,
+        # Per-event costs (tests/benchmarks/README.md, profile_perevent.py): Faust's repaired Cython
+        # stream iterator takes events already queued without awaiting the channel; the Monitor
+        # keeps no per-event statistics.
+        cython_optimizations=True,
+        Monitor=LightMonitor,
         version=1,
     )
-    input_topic = app.topic(settings.input_topic, **RAW, partitions=settings.partitions)
-    unjoined_topic = app.topic(settings.unjoined_topic, **RAW, partitions=1)
+    input_topic = app.topic(settings.input_topic, schema=RawSchema(**RAW), partitions=settings.partitions)
+    unjoined_topic = app.topic(settings.unjoined_topic, schema=RawSchema(**RAW), partitions=1)
     store = LocalStore(Path(settings.data_dir) / "store")
     replica = CentersReplica(settings, store)
     commit = CommitSequence(settings, app)

@@ -12,13 +12,21 @@ waits for one free slot, and the fetcher and the agent hand over the records one
   channel of its partition) is delivered by a plain ``await``; anything else goes Faust's way;
 * once a channel is full, the fetcher waits until the channel is down to its pressure-drop size
   (or the flow is suspended), then delivers the next records straight in again.
+
+:class:`RawSchema` turns a record into an event without Faust's serializer registry (the topics
+carry bytes that the stages decode themselves), and :class:`LightMonitor` keeps of Faust's Monitor
+only what Faust itself reads (read offsets, and the streams' last inbound time for its
+slow-processing warnings).
 """
 
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import Any
 
+import faust
+from faust.sensors import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as _aiokafka
 
@@ -143,4 +151,35 @@ class Transport(_aiokafka.Transport):
     Consumer = Consumer
 
 
-__all__ = ["Consumer", "Transport"]
+class RawSchema(faust.Schema):
+    """Key and value as the record's bytes, which is what ``raw`` serializers with ``bytes`` types
+    give, without a look-up in Faust's serializer registry for every record."""
+
+    def compile(self, app: Any, *, on_key_decode_error: Any = None, on_value_decode_error: Any = None,
+                default_propagate: bool = False) -> Any:
+        event_type = app.conf.Event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return event_type(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+class LightMonitor(Monitor):
+    """Faust's Monitor without its per-event statistics, which nothing of photoclust reads."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        self.tp_read_offsets[tp] = offset
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        self.stream_inbound_time[tp] = monotonic()
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+
+__all__ = ["Consumer", "LightMonitor", "RawSchema", "Transport"]
