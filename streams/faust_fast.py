@@ -11,7 +11,11 @@ waits for one free slot, and the fetcher and the agent hand over the records one
 * a record that cannot block (flow active, the producer buffer below its limit, room in every
   channel of its partition) is delivered by a plain ``await``; anything else goes Faust's way;
 * once a channel is full, the fetcher waits until the channel is down to its pressure-drop size
-  (or the flow is suspended), then delivers the next records straight in again.
+  (or the flow is suspended), then delivers the next records straight in again;
+* a fetch request waits at most ``FETCH_MAX_WAIT_MS`` at the broker for new records (Faust fixes
+  1,500 ms). aiokafka keeps one fetch request in flight per broker, for the partitions with nothing
+  buffered at the time: a partition that gets records meanwhile (the unjoined topic, which the join
+  stage writes while the input backlog is being worked off) waits until that request returns.
 
 :class:`RawSchema` turns a record into an event without Faust's serializer registry (the topics
 carry bytes that the stages decode themselves), and :class:`LightMonitor` keeps of Faust's Monitor
@@ -32,11 +36,22 @@ from faust.transport.drivers import aiokafka as _aiokafka
 
 # How often a fetcher that found a channel full looks whether it has drained.
 ROOM_POLL_S = 0.002
+FETCH_MAX_WAIT_MS = 100
+
+
+class ConsumerThread(_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        return consumer
 
 
 class Consumer(_aiokafka.Consumer):
     _producer_buffer: Any = None
     _producer_pending: Any = None
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in a worker
         # Consumer._drain_messages of faust-streaming 0.15.3; only the delivery differs.
@@ -182,4 +197,4 @@ class LightMonitor(Monitor):
         pass
 
 
-__all__ = ["Consumer", "LightMonitor", "RawSchema", "Transport"]
+__all__ = ["Consumer", "ConsumerThread", "LightMonitor", "RawSchema", "Transport"]
