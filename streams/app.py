@@ -36,6 +36,7 @@ from .faust_fast import LightMonitor, RawSchema, Transport
 from .found import FoundStage
 from .input_order import InputOrderGuard
 from .join import JoinStage
+from .kafka_io import ResumeOffsets
 from .replica import CentersReplica
 from .state import CHANGEABLE_PARAMS, FIXED_PARAMS
 from .store import LocalStore
@@ -90,6 +91,7 @@ class Worker:
     rebalances: int = 0
     assigned: bool = False  # the group has given this worker its share (maybe no partition) once
     _lag_probe: Any = None
+    resume_offsets: ResumeOffsets | None = None  # the offset guard's broker look-ups
 
     async def start(self) -> None:
         """Load this worker's copy of the centers (off the loop); the found stage restores when
@@ -102,6 +104,8 @@ class Worker:
         restore may still read the store) is done: an orderly close, not one at interpreter exit."""
         self.replica.stop()
         self.found.close()
+        if self.resume_offsets is not None:
+            self.resume_offsets.close()
         if self.replica.alive:  # stuck in a call to the broker: it may still write to the store
             log.warning("event=store_left_open reason='the centers reader did not stop within 10 s'")
             return
@@ -230,11 +234,17 @@ def create_app(settings: Settings) -> Worker:
     commit = CommitSequence(settings, app)
     # One guard for both stages' source partitions; it reads Faust's consumer, which exists only
     # once the app runs.
-    input_order = InputOrderGuard(lambda: app.consumer, resume_offset=lambda tp: _resume_offset(settings, tp),
+    resume_offsets = ResumeOffsets(settings)
+
+    async def resume_offset(tp: Any) -> int:
+        """Where the group resumes a partition, asked of the broker directly (off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(None, resume_offsets, tp.topic, tp.partition)
+
+    input_order = InputOrderGuard(lambda: app.consumer, resume_offset=resume_offset,
                                   gaps_after_start=settings.processing_guarantee == "exactly_once")
     join = JoinStage(settings, app, replica, commit, input_order)
     found = FoundStage(settings, app, store, replica, commit, input_order)
-    worker = Worker(settings, app, store, replica, join, found)
+    worker = Worker(settings, app, store, replica, join, found, resume_offsets=resume_offsets)
     app.photoclust = worker
 
     @app.agent(input_topic)
@@ -333,11 +343,6 @@ def create_app(settings: Settings) -> Worker:
         return web.json(record)
 
     return worker
-async def _resume_offset(settings: Settings, tp: Any) -> int:
-    """Where the group resumes a partition, asked of the broker directly (off the event loop)."""
-    from .kafka_io import resume_offset
-
-    return await asyncio.get_running_loop().run_in_executor(None, resume_offset, settings, tp.topic, tp.partition)
 
 
 def _agent_alive(agent: Any) -> bool:
