@@ -94,10 +94,12 @@ class Worker:
     resume_offsets: ResumeOffsets | None = None  # the offset guard's broker look-ups
 
     async def start(self) -> None:
-        """Load this worker's copy of the centers (off the loop); the found stage restores when
-        Kafka assigns this worker the unjoined partition."""
+        """Load this worker's copy of the centers (off the loop) and connect the stages' publisher;
+        the found stage restores when Kafka assigns this worker the unjoined partition."""
+        connecting = asyncio.ensure_future(self.join.commit.connect())
         await asyncio.get_running_loop().run_in_executor(None, self.replica.start)
         self.found.replica_loaded.set()
+        await connecting
 
     def close(self) -> None:
         """Stop the centers reader, then close the local store once the found stage's thread (a
