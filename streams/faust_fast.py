@@ -93,9 +93,11 @@ class Consumer(_aiokafka.Consumer):
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            if not suspended() and not can_deliver_now(tp):
+                            direct = not suspended() and can_deliver_now(tp)
+                            if not direct and not suspended():
                                 await self._wait_for_room(tp)
-                            if not suspended() and can_deliver_now(tp):
+                                direct = not suspended() and can_deliver_now(tp)
+                            if direct:
                                 await callback(message)
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
