@@ -32,21 +32,25 @@ from core.codes import from_hex, hex_error
 from .commit import CommitSequence
 from .config import SECRET_FIELDS, Settings
 from .exposition import CONTENT_TYPE, render, resident_memory_bytes
+from .faust_fast import LightMonitor, RawSchema, Transport
 from .found import FoundStage
 from .input_order import InputOrderGuard
 from .join import JoinStage
+from .kafka_io import ResumeOffsets
 from .replica import CentersReplica
 from .state import CHANGEABLE_PARAMS, FIXED_PARAMS
 from .store import LocalStore
 
 log = logging.getLogger("photoclust")
 # Keys and values are bytes we (de)serialise ourselves, so that undecodable input reaches the
-# dead-letter topic instead of crashing Faust's decoder. (faust.Schema(...) passed as schema= was
-# not honoured for topics here: values were still JSON-decoded.)
+# dead-letter topic instead of crashing Faust's decoder. RawSchema gives them as they are without a
+# look-up in Faust's serializer registry per record; these settings say the same to Faust.
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-# Faust's ack bookkeeping holds one list entry per message; take events in bounded batches.
+# Faust's ack bookkeeping holds one list entry per message; take events in bounded batches. A take
+# that does not fill waits TAKE_WITHIN_S for more: with batch events (2,000 of them are a million
+# photos) every take waits it out, once per stage, so it is kept short.
 TAKE_BATCH = 2_000
-TAKE_WITHIN_S = 0.25
+TAKE_WITHIN_S = 0.05
 LAG_REFRESH_S = 5.0
 # Offsets are committed by the stages' commit sequences, right after their records are
 # acknowledged; Faust's own periodic commit could commit a transaction that holds half of a
@@ -59,6 +63,11 @@ class PhotoclustApp(faust.App):
     consumer, so that a graceful stop (SIGTERM, Ctrl-C) commits every window it emitted outcomes for."""
 
     photoclust: "Worker | None" = None
+
+    def _new_transport(self) -> Any:
+        """Faust's aiokafka transport, with the cheaper hand-over of records to the agents of
+        :mod:`streams.faust_fast`."""
+        return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         if self.photoclust is not None:
@@ -84,18 +93,23 @@ class Worker:
     rebalances: int = 0
     assigned: bool = False  # the group has given this worker its share (maybe no partition) once
     _lag_probe: Any = None
+    resume_offsets: ResumeOffsets | None = None  # the offset guard's broker look-ups
 
     async def start(self) -> None:
-        """Load this worker's copy of the centers (off the loop); the found stage restores when
-        Kafka assigns this worker the unjoined partition."""
+        """Load this worker's copy of the centers (off the loop) and connect the stages' publisher;
+        the found stage restores when Kafka assigns this worker the unjoined partition."""
+        connecting = asyncio.ensure_future(self.join.commit.connect())
         await asyncio.get_running_loop().run_in_executor(None, self.replica.start)
         self.found.replica_loaded.set()
+        await connecting
 
     def close(self) -> None:
         """Stop the centers reader, then close the local store once the found stage's thread (a
         restore may still read the store) is done: an orderly close, not one at interpreter exit."""
         self.replica.stop()
         self.found.close()
+        if self.resume_offsets is not None:
+            self.resume_offsets.close()
         if self.replica.alive:  # stuck in a call to the broker: it may still write to the store
             log.warning("event=store_left_open reason='the centers reader did not stop within 10 s'")
             return
@@ -210,20 +224,31 @@ def create_app(settings: Settings) -> Worker:
         producer_max_batch_size=512 * 1024,
         producer_compression_type="lz4",
         stream_wait_empty=False,
+        # Per-event costs (tests/benchmarks/README.md, profile_perevent.py): Faust's repaired Cython
+        # stream iterator takes events already queued without awaiting the channel; the Monitor
+        # keeps no per-event statistics.
+        cython_optimizations=True,
+        Monitor=LightMonitor,
         version=1,
     )
-    input_topic = app.topic(settings.input_topic, **RAW, partitions=settings.partitions)
-    unjoined_topic = app.topic(settings.unjoined_topic, **RAW, partitions=1)
+    input_topic = app.topic(settings.input_topic, schema=RawSchema(**RAW), partitions=settings.partitions)
+    unjoined_topic = app.topic(settings.unjoined_topic, schema=RawSchema(**RAW), partitions=1)
     store = LocalStore(Path(settings.data_dir) / "store")
     replica = CentersReplica(settings, store)
     commit = CommitSequence(settings, app)
     # One guard for both stages' source partitions; it reads Faust's consumer, which exists only
     # once the app runs.
-    input_order = InputOrderGuard(lambda: app.consumer, resume_offset=lambda tp: _resume_offset(settings, tp),
+    resume_offsets = ResumeOffsets(settings)
+
+    async def resume_offset(tp: Any) -> int:
+        """Where the group resumes a partition, asked of the broker directly (off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(None, resume_offsets, tp.topic, tp.partition)
+
+    input_order = InputOrderGuard(lambda: app.consumer, resume_offset=resume_offset,
                                   gaps_after_start=settings.processing_guarantee == "exactly_once")
     join = JoinStage(settings, app, replica, commit, input_order)
     found = FoundStage(settings, app, store, replica, commit, input_order)
-    worker = Worker(settings, app, store, replica, join, found)
+    worker = Worker(settings, app, store, replica, join, found, resume_offsets=resume_offsets)
     app.photoclust = worker
 
     @app.agent(input_topic)
@@ -322,11 +347,6 @@ def create_app(settings: Settings) -> Worker:
         return web.json(record)
 
     return worker
-async def _resume_offset(settings: Settings, tp: Any) -> int:
-    """Where the group resumes a partition, asked of the broker directly (off the event loop)."""
-    from .kafka_io import resume_offset
-
-    return await asyncio.get_running_loop().run_in_executor(None, resume_offset, settings, tp.topic, tp.partition)
 
 
 def _agent_alive(agent: Any) -> bool:

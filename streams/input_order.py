@@ -55,6 +55,23 @@ class InputOrderGuard:
             self._refetching.pop((tp.topic, tp.partition), None)
             self._started.discard((tp.topic, tp.partition))
 
+    def accept_next(self, message: Any) -> bool:
+        """True, and taken, if ``message`` is the offset expected next of a partition already taking
+        events (the rule of :meth:`accept`, which this answers without a coroutine for nearly every
+        event); False means "not decided here": ask :meth:`accept`."""
+        key = (message.topic, message.partition)
+        expected = self._next_offset.get(key)
+        if expected is None or message.offset != expected:
+            return False
+        committed = self._consumer_of()._committed_offset.get(message.tp)
+        if committed is not None and committed > expected:
+            return False
+        self._next_offset[key] = expected + 1
+        if self._refetching:
+            self._refetching.pop(key, None)
+        self._started.add(key)
+        return True
+
     async def accept(self, message: Any) -> bool:
         """True if ``message`` is the next offset of its partition; otherwise it is dropped unacked.
 

@@ -115,18 +115,30 @@ class JoinStage:
 
     async def _decode(self, events: list[Any]) -> list[_Batch]:
         batches: dict[Any, _Batch] = {}
+        by_partition = self._batch_per_partition
+        accept_next, accept = self.input_order.accept_next, self.input_order.accept
+        decode = self.decoder.decode
         for event in events:
             message = event.message
-            if not await self.input_order.accept(message):
+            if not (accept_next(message) or await accept(message)):
                 continue
-            batch = batches.setdefault(message.tp if self._batch_per_partition else None, _Batch())
+            key = message.tp if by_partition else None
+            batch = batches.get(key)
+            if batch is None:  # (setdefault would build a _Batch for every event)
+                batch = batches[key] = _Batch()
             batch.messages.append(message)
-            decoded = self.decoder.decode(message.value, message.key)
+            decoded = decode(message.value, message.key)
             if decoded.errors:
                 batch.dead.add(message, decoded.errors)
-            if decoded.ids:
+            ids = decoded.ids
+            if len(ids) == 1:  # a single-photo event
+                ts = decoded.ts[0]
+                batch.ids.append(ids[0])
+                batch.hashes.append(decoded.hashes[0])
+                batch.ts_in.append(ts if ts is not None else message.timestamp or time.time())
+            elif ids:
                 default_ts = message.timestamp or time.time()
-                batch.ids.extend(decoded.ids)
+                batch.ids.extend(ids)
                 batch.hashes.extend(decoded.hashes)
                 batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
         return list(batches.values())

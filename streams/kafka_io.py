@@ -5,6 +5,7 @@ so security settings reach each one.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,15 +116,47 @@ def watermarks_of(settings: Settings, topic: str, partition: int = 0, timeout: f
 def resume_offset(settings: Settings, topic: str, partition: int, timeout: float = 30.0) -> int:
     """Where the worker group resumes a partition: its committed offset, else the partition's first
     offset (``consumer_auto_offset_reset=earliest``)."""
-    consumer = Consumer(settings.confluent_config(**{
-        "group.id": settings.app_id, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
+    consumer = _group_consumer(settings)
     try:
-        tp = TopicPartition(topic, partition)
-        committed = consumer.committed([tp], timeout=timeout)[0].offset
-        low, _ = watermarks(consumer, tp, timeout)
-        return max(committed, low) if committed >= 0 else low
+        return _resume_offset(consumer, topic, partition, timeout)
     finally:
         consumer.close()
+
+
+class ResumeOffsets:
+    """:func:`resume_offset` for many partitions, with one consumer kept for every call: a new one
+    takes about 50 ms to connect, a call on a connected one about 1 ms. Thread-safe; ``close()``
+    when done."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, topic: str, partition: int, timeout: float = 30.0) -> int:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = _group_consumer(self.settings)
+            return _resume_offset(self._consumer, topic, partition, timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+
+def _group_consumer(settings: Settings) -> Consumer:
+    """A consumer of the worker group's id that never subscribes: it only reads committed offsets."""
+    return Consumer(settings.confluent_config(**{
+        "group.id": settings.app_id, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
+
+
+def _resume_offset(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
+    tp = TopicPartition(topic, partition)
+    committed = consumer.committed([tp], timeout=timeout)[0].offset
+    low, _ = watermarks(consumer, tp, timeout)
+    return max(committed, low) if committed >= 0 else low
 
 
 def catch_up(settings: Settings, store: Any, topic: str, timeout: float = 300.0, batch: int = 1000) -> int:

@@ -9,6 +9,7 @@ here, on a stand-in for the three things it reads from Faust's consumer.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -41,12 +42,14 @@ def _guard(consumer: ConsumerStandIn) -> InputOrderGuard:
     return InputOrderGuard(lambda: consumer)
 
 
-def _taken(guard: InputOrderGuard, offsets: list[int]) -> list[int]:
+def _taken(guard: InputOrderGuard, offsets: list[int], fast: bool = True) -> list[int]:
+    """The offsets the guard takes, asked as the stages ask it: ``accept_next`` first, then ``accept``
+    (``fast=False``: ``accept`` alone)."""
     async def run() -> list[int]:
         taken = []
         for offset in offsets:
             message = SimpleNamespace(topic=TOPIC, partition=PARTITION, offset=offset, tp=TP)
-            if await guard.accept(message):
+            if (fast and guard.accept_next(message)) or await guard.accept(message):
                 taken.append(offset)
         return taken
 
@@ -130,3 +133,26 @@ def test_a_partition_taken_back_resumes_at_the_commit_even_below_what_was_taken(
     guard.forget([SimpleNamespace(topic=TOPIC, partition=PARTITION)])
     assert _taken(guard, [100, 101]) == [100, 101]
     assert consumer.seeks == []
+
+
+def test_the_synchronous_fast_path_decides_as_accept_alone_does():
+    # accept_next answers only "the expected offset, taken"; every other case falls through to
+    # accept, so both ways of asking take the same events and seek the same offsets.
+    rng = random.Random(5)
+    for gaps_after_start in (False, True):
+        for _ in range(200):
+            committed = rng.choice([None, 0, 3])
+            consumers = [ConsumerStandIn(committed=committed) for _ in range(2)]
+            guards = [InputOrderGuard(lambda c=c: c, gaps_after_start=gaps_after_start) for c in consumers]
+            offsets = [rng.randrange(0, 12) for _ in range(30)]
+            for start in range(0, 30, 6):
+                if rng.random() < 0.2:
+                    committed = rng.randrange(0, 12)
+                    for consumer in consumers:
+                        consumer.committed = committed
+                if rng.random() < 0.1:
+                    for guard in guards:
+                        guard.on_rebalance()
+                chunk = offsets[start:start + 6]
+                assert _taken(guards[0], chunk, fast=True) == _taken(guards[1], chunk, fast=False)
+            assert consumers[0].seeks == consumers[1].seeks
