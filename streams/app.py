@@ -247,7 +247,7 @@ def create_app(settings: Settings) -> Worker:
     input_order = InputOrderGuard(lambda: app.consumer, resume_offset=resume_offset,
                                   gaps_after_start=settings.processing_guarantee == "exactly_once")
     join = JoinStage(settings, app, replica, commit, input_order)
-    found = FoundStage(settings, app, store, replica, commit, input_order)
+    found = FoundStage(settings, app, store, replica, commit, input_order, resume_offsets)
     worker = Worker(settings, app, store, replica, join, found, resume_offsets=resume_offsets)
     app.photoclust = worker
 

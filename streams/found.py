@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from .config import Settings
 from .crash import crash_worker
 from .dead_letters import DeadLetters
 from .input_order import InputOrderGuard
-from .kafka_io import catch_up, resume_offset, watermarks_of
+from .kafka_io import catch_up, watermarks_of
 from .replica import CentersReplica
 from .state import (
     CENTERS_PREFIX,
@@ -86,8 +87,11 @@ class FoundStage:
     """Owns the authoritative clusterer; the ``found_clusters`` agent only calls into it."""
 
     def __init__(self, settings: Settings, app: Any, store: LocalStore, replica: CentersReplica,
-                 commit: CommitSequence, input_order: InputOrderGuard) -> None:
+                 commit: CommitSequence, input_order: InputOrderGuard,
+                 resume_offset: Callable[[str, int], int] | None = None) -> None:
         self.settings = settings
+        # where the group resumes the unjoined partition (blocking; the worker's kept consumer)
+        self.resume_offset = resume_offset
         self.app = app
         self.store = store
         self.replica = replica
@@ -225,7 +229,7 @@ class FoundStage:
         if self.clusterer is None or self._dirty or self._committed_offset is None:
             return False
         s = self.settings
-        if resume_offset(s, s.unjoined_topic, 0) != self._committed_offset:
+        if self.resume_offset(s.unjoined_topic, 0) != self._committed_offset:
             return False
         _, centers_end = watermarks_of(s, s.centers_topic)
         self.replica.wait_for(centers_end, timeout=s.restore_timeout_s)
@@ -245,7 +249,7 @@ class FoundStage:
                                                self.clusterer_params())
         for name, old, new in changes:
             log.info("event=setting_changed name=%s stored=%r new=%r", name, old, new)
-        self._committed_offset = resume_offset(s, s.unjoined_topic, 0)
+        self._committed_offset = self.resume_offset(s.unjoined_topic, 0)
         return clusterer, stored_input_positions(self.store.get(s.state_topic, META_KEY))
 
     def clusterer_params(self) -> dict[str, Any]:

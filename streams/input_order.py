@@ -66,11 +66,15 @@ class InputOrderGuard:
         committed = self._consumer_of()._committed_offset.get(message.tp)
         if committed is not None and committed > expected:
             return False
-        self._next_offset[key] = expected + 1
+        self._take(key, expected)
+        return True
+
+    def _take(self, key: tuple[str, int], offset: int) -> None:
+        """``offset`` of partition ``key`` is taken: the next one is expected, no re-fetch pending."""
+        self._next_offset[key] = offset + 1
         if self._refetching:
             self._refetching.pop(key, None)
         self._started.add(key)
-        return True
 
     async def accept(self, message: Any) -> bool:
         """True if ``message`` is the next offset of its partition; otherwise it is dropped unacked.
@@ -105,9 +109,7 @@ class InputOrderGuard:
         elif committed is not None and committed > expected:  # another worker took the events in between
             expected = committed
         if offset == expected or (offset > expected and self._gaps_after_start and key in self._started):
-            self._next_offset[key] = offset + 1
-            self._refetching.pop(key, None)
-            self._started.add(key)
+            self._take(key, offset)
             return True
         if offset < expected:
             log.debug("event=input_redelivered topic=%s partition=%d offset=%d next=%d",
@@ -120,9 +122,7 @@ class InputOrderGuard:
         if refetch is not None and offset == refetch[1]:  # no record between expected and offset
             log.info("event=input_gap_confirmed topic=%s partition=%d offsets=%d-%d",
                      message.topic, message.partition, expected, offset - 1)
-            self._next_offset[key] = offset + 1
-            self._refetching.pop(key, None)
-            self._started.add(key)
+            self._take(key, offset)
             return True
         self._refetching[key] = [offset, offset if refetch is not None else -1]
         log.warning("event=input_gap topic=%s partition=%d offset=%d expected=%d action=seek%s",

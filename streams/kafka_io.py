@@ -113,18 +113,9 @@ def watermarks_of(settings: Settings, topic: str, partition: int = 0, timeout: f
         consumer.close()
 
 
-def resume_offset(settings: Settings, topic: str, partition: int, timeout: float = 30.0) -> int:
-    """Where the worker group resumes a partition: its committed offset, else the partition's first
-    offset (``consumer_auto_offset_reset=earliest``)."""
-    consumer = _group_consumer(settings)
-    try:
-        return _resume_offset(consumer, topic, partition, timeout)
-    finally:
-        consumer.close()
-
-
 class ResumeOffsets:
-    """:func:`resume_offset` for many partitions, with one consumer kept for every call: a new one
+    """Where the worker group resumes a partition (its committed offset, else the partition's first
+    offset: ``consumer_auto_offset_reset=earliest``), with one consumer kept for every call: a new one
     takes about 50 ms to connect, a call on a connected one about 1 ms. Thread-safe; ``close()``
     when done."""
 
