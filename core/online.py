@@ -12,6 +12,11 @@ A web-scale stream never fits in one Bk-means run, so it is clustered one window
    the center set under the next sequential cluster id.
 3. Held-back items wait in the pending pool, which is bounded (``pending_capacity``, optionally
    ``pending_max_windows``); items pushed out of it are declared noise.
+4. Optionally (``max_centers``, ``max_idle``; off by default, as in the paper) centers are *retired*
+   at the end of a window, least recently joined first: a retired center leaves the index and every
+   array, so memory and search time stay bounded on a stream that runs for years. Its cluster id is
+   never handed out again (ids keep counting up), so a photo near a retired center founds a new
+   cluster with a new id.
 
 Why centers never move once founded: downstream consumers key everything by cluster id, and a center
 that drifted would silently change what an id means and make earlier joins inconsistent with later
@@ -53,7 +58,8 @@ from .codes import DEFAULT_BITS, check_codes, check_n_bits
 from .hamming import paired_distances
 from .mih import MultiIndexHash
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: cluster ids of the held centers, and the next id (ids of retired centers are gone)
+_READABLE_STATE_FORMATS = (1, 2)  # 1: no retirement, the row of a center was its id
 _SEED_LIMIT = 1 << 64  # seeds are stored as (msgpack-able) unsigned 64-bit integers
 _ID_ENCODING = ("utf-8", "surrogatepass")  # round-trips every Python str, lone surrogates included
 
@@ -90,8 +96,10 @@ class WindowResult:
     n_founded: int
     n_held: int
     n_noise: int
-    n_new_clusters: int  # clusters founded in this window: ids n_clusters - n_new_clusters ..
-    n_clusters: int  # clusters after this window
+    n_new_clusters: int  # clusters founded in this window: ids next_cluster_id - n_new_clusters ..
+    n_clusters: int  # centers held after this window (after retirement)
+    next_cluster_id: int  # the next id a new cluster gets: ids below it were handed out once
+    retired: np.ndarray  # int64, ids of the centers retired at the end of this window, ascending
     n_pending: int  # pending pool size after this window
     n_candidates: int  # items that went to Bk-means (joined nothing)
     n_bkmeans_clusters: int  # k of this window's Bk-means run (0 if it did not run)
@@ -103,7 +111,7 @@ class WindowResult:
     @property
     def new_cluster_ids(self) -> np.ndarray:
         """Ids of the clusters founded in this window."""
-        return np.arange(self.n_clusters - self.n_new_clusters, self.n_clusters, dtype=np.int64)
+        return np.arange(self.next_cluster_id - self.n_new_clusters, self.next_cluster_id, dtype=np.int64)
 
     @property
     def touched_clusters(self) -> np.ndarray:
@@ -166,6 +174,13 @@ class OnlineClusterer:
         (0: never retried). None: no age limit, only the capacity bound.
     max_iter : int >= 1
         Bk-means iterations per window.
+    max_centers : int >= 1 or None
+        Most centers held. When a window's new centers take the count above it, the least recently
+        joined centers (oldest ``updated_ts_``, then lowest id) are retired until ``max_centers``
+        remain. None (the default, as in the paper): no limit.
+    max_idle : float > 0 or None
+        A center not joined (nor founded) for longer than this, in the units of ``now`` (seconds),
+        is retired at the end of the next window. None (the default): no limit.
     random_state : None, int in [0, 2**64) or numpy Generator
         Root seed, resolved once at first use into ``seed_`` (None draws fresh entropy; a Generator is
         drawn from once) and saved by :meth:`export_state`. Window ``w`` seeds Bk-means with
@@ -173,10 +188,15 @@ class OnlineClusterer:
 
     Attributes (available after first use)
     ----------
-    centers_ : uint64[C, n_bits/64], read-only; row ``c`` is the center of cluster ``c``
+    centers_ : uint64[C, n_bits/64], read-only; row ``i`` is the center of cluster ``cluster_ids_[i]``
+        (cluster ``i`` itself while nothing was retired)
+    cluster_ids_ : int64[C], ascending: the ids of the held centers
     sizes_ : int64[C], items that joined or founded each cluster
     created_ts_, updated_ts_ : float64[C], ``now`` of the founding / latest joining window
-    n_clusters_, n_windows_, n_pending_ : int
+    n_clusters_ : int, centers held (C)
+    next_cluster_id_ : int, the id the next new cluster gets; ``next_cluster_id_ - n_clusters_``
+        centers were retired
+    n_windows_, n_pending_ : int
     pending_ids_, pending_codes_, pending_first_seen_, pending_first_window_ : the pending pool,
         oldest first
     seed_ : int
@@ -202,6 +222,8 @@ class OnlineClusterer:
         pending_capacity: int | None = None,
         pending_max_windows: int | None = None,
         max_iter: int = 10,
+        max_centers: int | None = None,
+        max_idle: float | None = None,
         random_state: Any = None,
     ) -> None:
         self.n_bits = n_bits
@@ -212,6 +234,8 @@ class OnlineClusterer:
         self.pending_capacity = pending_capacity
         self.pending_max_windows = pending_max_windows
         self.max_iter = max_iter
+        self.max_centers = max_centers
+        self.max_idle = max_idle
         self.random_state = random_state
 
     # -- validation and lazy state ----------------------------------------------------------------
@@ -235,6 +259,9 @@ class OnlineClusterer:
             None if self.pending_max_windows is None else check_int("pending_max_windows", self.pending_max_windows, 0)
         )
         max_iter = check_int("max_iter", self.max_iter, 1)
+        max_centers = None if self.max_centers is None else check_int("max_centers", self.max_centers, 1)
+        max_idle = None if self.max_idle is None else check_real("max_idle", self.max_idle, 0, low_open=True,
+                                                                 unit="seconds")
         if not hasattr(self, "seed_"):
             seed = self._resolve_seed(self.random_state)
         # Only now that everything passed, store the resolved values.
@@ -246,6 +273,8 @@ class OnlineClusterer:
         self.pending_capacity_ = capacity
         self.pending_max_windows_ = max_windows
         self.max_iter_ = max_iter
+        self.max_centers_ = max_centers
+        self.max_idle_ = max_idle
         if not hasattr(self, "seed_"):
             self.seed_ = seed
 
@@ -270,6 +299,10 @@ class OnlineClusterer:
             return
         w = self.n_bits_ // 64
         self._index = MultiIndexHash().fit(np.zeros((0, w), dtype=np.uint64))
+        # Row i of the index and of the arrays below is cluster _ids[i]; ids ascend with the rows,
+        # so "lowest row" (the index's tie rule) is "lowest cluster id".
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._next_id = 0
         self._sizes = np.zeros(0, dtype=np.int64)
         self._created_ts = np.zeros(0, dtype=np.float64)
         self._updated_ts = np.zeros(0, dtype=np.float64)
@@ -307,9 +340,29 @@ class OnlineClusterer:
         return self._readonly(self._updated_ts)
 
     @property
+    def cluster_ids_(self) -> np.ndarray:
+        self._ready()
+        return self._readonly(self._ids)
+
+    @property
     def n_clusters_(self) -> int:
         self._ready()
         return int(self._sizes.shape[0])
+
+    @property
+    def next_cluster_id_(self) -> int:
+        self._ready()
+        return self._next_id
+
+    def rows_of(self, cluster_ids: np.ndarray) -> np.ndarray:
+        """The row of each cluster id in ``centers_`` and the other arrays, -1 where the center is
+        not held (retired, or never founded)."""
+        self._ready()
+        cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+        rows = np.searchsorted(self._ids, cluster_ids)
+        held = rows < self._ids.shape[0]
+        held[held] = self._ids[rows[held]] == cluster_ids[held]
+        return np.where(held, rows, -1)
 
     @property
     def n_pending_(self) -> int:
@@ -441,14 +494,21 @@ class OnlineClusterer:
         result_ids = ids + [pool_ids[i] for i in resolved.tolist()]
         kept_ids = [pool_ids[i] if i < n_pool else ids[i - n_pool] for i in held.tolist()]
 
-        # 5. Commit the new state.
+        # 5. Commit the new state. Rows so far index the held centers then the new ones: as ids now.
+        n_new_clusters = int(new_sizes.shape[0])
+        new_ids = np.arange(self._next_id, self._next_id + n_new_clusters, dtype=np.int64)
+        result_cluster = cluster[rows]
+        assigned = result_cluster >= 0
+        result_cluster[assigned] = np.concatenate((self._ids, new_ids))[result_cluster[assigned]]
         if n_old:
             self._sizes = self._sizes + join_counts
             self._updated_ts = np.where(join_counts > 0, now, self._updated_ts)
-        if new_sizes.shape[0]:
+        if n_new_clusters:
             self._index.add(new_centers)
+            self._ids = np.concatenate((self._ids, new_ids))
+            self._next_id += n_new_clusters
             self._sizes = np.concatenate((self._sizes, new_sizes))
-            stamps = np.full(new_sizes.shape[0], now, dtype=np.float64)
+            stamps = np.full(n_new_clusters, now, dtype=np.float64)
             self._created_ts = np.concatenate((self._created_ts, stamps))
             self._updated_ts = np.concatenate((self._updated_ts, stamps))
         self._pending_ids = kept_ids
@@ -456,36 +516,71 @@ class OnlineClusterer:
         self._pending_first_seen = first_seen[held]
         self._pending_first_window = first_window[held]
         self.n_windows_ = window + 1
+        retired = self._retire(now)
         return self._result(
-            window, result_ids, outcome[rows], cluster[rows], distance[rows], first_seen[rows],
-            first_window[rows], n, now, int(new_sizes.shape[0]), int(rest.shape[0]), k, started,
+            window, result_ids, outcome[rows], result_cluster, distance[rows], first_seen[rows],
+            first_window[rows], n, now, n_new_clusters, int(rest.shape[0]), k, started, retired,
         )
+
+    def _retire(self, now: float) -> np.ndarray:
+        """Retire the centers that ``max_idle`` and ``max_centers`` ask for; returns their ids.
+
+        Why a rebuild of the index rather than holes in it: a retired center must stop answering
+        joins at once, and compacting keeps every row live, so searches stay as fast as for an index
+        that never held it (the rebuild is linear: about 0.3 s per million centers held).
+        """
+        retire = np.zeros(self._ids.shape[0], dtype=np.bool_)
+        if self.max_idle_ is not None:
+            retire |= now - self._updated_ts > self.max_idle_
+        if self.max_centers_ is not None:
+            excess = int(np.count_nonzero(~retire)) - self.max_centers_
+            if excess > 0:  # least recently joined first; lexsort's last key is the primary one
+                candidates = np.flatnonzero(~retire)
+                order = np.lexsort((self._ids[candidates], self._updated_ts[candidates]))
+                retire[candidates[order[:excess]]] = True
+        if not retire.any():
+            return np.zeros(0, dtype=np.int64)
+        retired = self._ids[retire]
+        keep = ~retire
+        self._index = MultiIndexHash().fit(self._index.codes_[keep])
+        self._ids = self._ids[keep]
+        self._sizes = self._sizes[keep]
+        self._created_ts = self._created_ts[keep]
+        self._updated_ts = self._updated_ts[keep]
+        return retired
 
     def _join(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest center within ``radius`` of every code (-1 / -1 if none; ties: lowest id)."""
         return join_within(self._index, codes, radius)
 
-    def record_joins(self, clusters: np.ndarray, counts: np.ndarray, now: float) -> None:
+    def record_joins(self, clusters: np.ndarray, counts: np.ndarray, now: float) -> int:
         """Count joins made elsewhere, by a copy of the centers (``core.centers.CenterIndex``):
         ``counts[i]`` photos joined cluster ``clusters[i]`` at time ``now``. So that ``sizes_`` and
         ``updated_ts_`` stay the whole cluster's figures when the join is spread over processes.
-        Nothing changes if an argument is refused."""
+
+        A copy may still hold a center that was retired here since (it drops it once it reads the
+        retirement): those joins are not counted, since the cluster has no figures any more, and
+        their number is returned. Nothing changes if an argument is refused."""
         self._ready()
         clusters = _check_vector("clusters", clusters, np.int64, None)
         counts = _check_vector("counts", counts, np.int64, clusters.shape[0])
         now = self._check_now(now)
         if clusters.shape[0] == 0:
-            return
-        bad = np.flatnonzero((clusters < 0) | (clusters >= self.n_clusters_))
+            return 0
+        bad = np.flatnonzero((clusters < 0) | (clusters >= self._next_id))
         if bad.shape[0]:
-            raise ValueError(f"cluster {int(clusters[bad[0]])} does not exist (there are {self.n_clusters_})")
+            raise ValueError(f"cluster {int(clusters[bad[0]])} does not exist (ids below {self._next_id} were "
+                             "handed out)")
         if np.any(counts < 1):
             raise ValueError(f"counts must be >= 1, got {int(counts.min())}")
+        rows = self.rows_of(clusters)
+        held = rows >= 0
         sizes = self._sizes.copy()
-        np.add.at(sizes, clusters, counts)
+        np.add.at(sizes, rows[held], counts[held])
         updated = self._updated_ts.copy()
-        updated[clusters] = np.maximum(updated[clusters], now)
+        updated[rows[held]] = np.maximum(updated[rows[held]], now)
         self._sizes, self._updated_ts = sizes, updated
+        return int(counts[~held].sum())
 
     def flush(self, now: float | None = None) -> WindowResult:
         """Declare the whole pending pool NOISE (at shutdown, if the pool is not to be persisted).
@@ -506,12 +601,12 @@ class OnlineClusterer:
         return self._result(
             window, ids, np.full(n_pool, Outcome.NOISE, dtype=np.uint8),
             np.full(n_pool, NO_CLUSTER, dtype=np.int64), np.full(n_pool, -1, dtype=np.int32),
-            first_seen, first_window, 0, now, 0, 0, 0, started,
+            first_seen, first_window, 0, now, 0, 0, 0, started, np.zeros(0, dtype=np.int64),
         )
 
     def _result(
         self, window, ids, outcome, cluster, distance, first_seen, first_window, n_new, now,
-        n_new_clusters, n_candidates, k, started,
+        n_new_clusters, n_candidates, k, started, retired,
     ) -> WindowResult:
         counts = np.bincount(outcome, minlength=len(Outcome))
         return WindowResult(
@@ -530,6 +625,8 @@ class OnlineClusterer:
             n_noise=int(counts[Outcome.NOISE]),
             n_new_clusters=n_new_clusters,
             n_clusters=self.n_clusters_,
+            next_cluster_id=self._next_id,
+            retired=retired,
             n_pending=len(self._pending_ids),
             n_candidates=n_candidates,
             n_bkmeans_clusters=k,
@@ -547,9 +644,10 @@ class OnlineClusterer:
     ) -> np.ndarray:
         """Append centers with their bookkeeping; returns their cluster ids.
 
-        For rebuilding from a key-value table of centers: pass them sorted by cluster id. With
-        ``cluster_ids`` the ids are checked to continue the existing ones without gaps
-        (``n_clusters_, n_clusters_ + 1, ...``), since ids are row numbers of ``centers_``.
+        For rebuilding from a key-value table of centers: pass them sorted by cluster id. Without
+        ``cluster_ids`` they get the next free ids; with them, the ids must ascend and start at or
+        above ``next_cluster_id_`` (gaps are the ids of retired centers), since an id is never
+        handed out twice.
         """
         self._ready()
         centers = check_codes(centers, self.n_bits_, name="centers")
@@ -563,29 +661,27 @@ class OnlineClusterer:
         for name in ("created_ts", "updated_ts"):
             if not np.all(np.isfinite(arrays[name])):
                 raise ValueError(f"{name} must be finite")
-        expected = np.arange(self.n_clusters_, self.n_clusters_ + c, dtype=np.int64)
-        if cluster_ids is not None:
-            got = _check_vector("cluster_ids", cluster_ids, np.int64, c)
-            if not np.array_equal(got, expected):
-                bad = int(np.flatnonzero(got != expected)[0])
-                raise ValueError(
-                    f"cluster_ids[{bad}]={int(got[bad])} but the next free cluster id is {int(expected[bad])}; "
-                    "cluster ids must continue 0, 1, 2, ... without gaps"
-                )
+        if cluster_ids is None:
+            ids = np.arange(self._next_id, self._next_id + c, dtype=np.int64)
+        else:
+            ids = _check_ids_ascending("cluster_ids", cluster_ids, c, self._next_id)
         if c:
             self._index.add(centers)
+            self._ids = np.concatenate((self._ids, ids))
+            self._next_id = int(ids[-1]) + 1
             self._sizes = np.concatenate((self._sizes, arrays["sizes"]))
             self._created_ts = np.concatenate((self._created_ts, arrays["created_ts"]))
             self._updated_ts = np.concatenate((self._updated_ts, arrays["updated_ts"]))
-        return expected
+        return ids
 
     def export_state(self, include_centers: bool = True) -> dict[str, Any]:
         """Everything :meth:`from_state` needs, as numpy arrays and plain scalars (no pickle).
 
         Keys: the resolved parameters (``n_bits``, ``window_size``, ``new_centers_ratio``, ``radius``,
         ``min_cluster_size``, ``pending_capacity``, ``pending_max_windows`` (int or None),
-        ``max_iter``, ``random_state`` = ``seed_``), ``format_version``, ``n_windows``; the clusters
-        (``centers`` uint64[C, W], ``sizes`` int64, ``created_ts``, ``updated_ts`` float64); and the
+        ``max_iter``, ``max_centers``, ``max_idle`` (None or a number), ``random_state`` = ``seed_``),
+        ``format_version``, ``n_windows``, ``next_cluster_id``; the held clusters (``cluster_ids``
+        int64[C], ``centers`` uint64[C, W], ``sizes`` int64, ``created_ts``, ``updated_ts`` float64); and the
         pending pool (``pending_codes``, ``pending_first_seen``, ``pending_first_window``, and the ids
         as ``pending_ids_blob`` uint8 = UTF-8 (surrogatepass) of all ids concatenated, with
         ``pending_ids_offsets`` int64[P+1] byte offsets). Arrays are copies.
@@ -604,9 +700,13 @@ class OnlineClusterer:
             "pending_capacity": self.pending_capacity_,
             "pending_max_windows": self.pending_max_windows_,
             "max_iter": self.max_iter_,
+            "max_centers": self.max_centers_,
+            "max_idle": self.max_idle_,
             "random_state": self.seed_,
             "n_windows": self.n_windows_,
+            "next_cluster_id": self._next_id,
             **({
+                "cluster_ids": self._ids.copy(),
                 "centers": self._index.codes_.copy(),
                 "sizes": self._sizes.copy(),
                 "created_ts": self._created_ts.copy(),
@@ -624,11 +724,16 @@ class OnlineClusterer:
         """Rebuild a clusterer from :meth:`export_state`; it continues exactly where that one was."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        if state.get("format_version") not in _READABLE_STATE_FORMATS:
+            raise ValueError(f"state format_version={state.get('format_version')!r} is not supported "
+                             f"(expected one of {_READABLE_STATE_FORMATS})")
+        if state["format_version"] == 1:  # before retirement: no retention, the rows are the ids
+            n_centers = len(state["centers"]) if "centers" in state else 0
+            state = {"max_centers": None, "max_idle": None, "cluster_ids": np.arange(n_centers, dtype=np.int64),
+                     "next_cluster_id": n_centers, **state}
         missing = sorted(set(_STATE_KEYS) - set(state))
         if missing:
             raise ValueError(f"state is missing keys {missing}")
-        if state["format_version"] != STATE_FORMAT:
-            raise ValueError(f"state format_version={state['format_version']!r} is not supported (expected {STATE_FORMAT})")
         params = {name: state[key] for name, key in _PARAM_KEYS.items()}
         for name, value in params.items():  # msgpack/numpy may hand back numpy scalars
             if isinstance(value, np.generic):
@@ -638,6 +743,9 @@ class OnlineClusterer:
         n_windows = check_int("state n_windows", state["n_windows"], 0)
         centers = check_codes(np.asarray(state["centers"]), clusterer.n_bits_, name="state centers")
         c = centers.shape[0]
+        cluster_ids = _check_ids_ascending("state cluster_ids", state["cluster_ids"], c, 0)
+        next_id = check_int("state next_cluster_id", state["next_cluster_id"],
+                            ("the highest cluster id + 1", int(cluster_ids[-1]) + 1 if c else 0))
         sizes = _check_vector("state sizes", state["sizes"], np.int64, c)
         created = _check_vector("state created_ts", state["created_ts"], np.float64, c)
         updated = _check_vector("state updated_ts", state["updated_ts"], np.float64, c)
@@ -654,6 +762,7 @@ class OnlineClusterer:
         first_seen = _check_vector("state pending_first_seen", state["pending_first_seen"], np.float64, p)
         first_window = _check_vector("state pending_first_window", state["pending_first_window"], np.int64, p)
         clusterer._index = MultiIndexHash().fit(centers)
+        clusterer._ids, clusterer._next_id = cluster_ids.copy(), next_id
         clusterer._sizes, clusterer._created_ts, clusterer._updated_ts = sizes.copy(), created.copy(), updated.copy()
         clusterer.n_windows_ = n_windows
         clusterer._pending_ids = _decode_ids(blob, offsets)
@@ -668,7 +777,7 @@ class OnlineClusterer:
             f"new_centers_ratio={self.new_centers_ratio!r}, radius={self.radius!r}, "
             f"min_cluster_size={self.min_cluster_size!r}, pending_capacity={self.pending_capacity!r}, "
             f"pending_max_windows={self.pending_max_windows!r}, max_iter={self.max_iter!r}, "
-            f"random_state={self.random_state!r})"
+            f"max_centers={self.max_centers!r}, max_idle={self.max_idle!r}, random_state={self.random_state!r})"
         )
 
 
@@ -681,10 +790,12 @@ _PARAM_KEYS = {
     "pending_capacity": "pending_capacity",
     "pending_max_windows": "pending_max_windows",
     "max_iter": "max_iter",
+    "max_centers": "max_centers",
+    "max_idle": "max_idle",
     "random_state": "random_state",
 }
 _STATE_KEYS = (
-    "format_version", *_PARAM_KEYS.values(), "n_windows", "centers", "sizes", "created_ts", "updated_ts",
+    "format_version", *_PARAM_KEYS.values(), "n_windows", "next_cluster_id", "cluster_ids", "centers", "sizes", "created_ts", "updated_ts",
     "pending_ids_blob", "pending_ids_offsets", "pending_codes", "pending_first_seen", "pending_first_window",
 )
 
@@ -703,3 +814,16 @@ def _check_vector(name: str, value: object, dtype: type, length: int | None) -> 
     if length is not None and array.shape[0] != length:
         raise ValueError(f"{name} has {array.shape[0]} entries, expected {length}")
     return array
+
+
+def _check_ids_ascending(name: str, value: object, length: int, low: int) -> np.ndarray:
+    """Cluster ids as int64: ``length`` of them, strictly ascending, the first at least ``low``."""
+    ids = _check_vector(name, value, np.int64, length)
+    if length and ids[0] < low:
+        raise ValueError(f"{name}[0]={int(ids[0])} but ids below {low} were handed out already; "
+                         "a cluster id is never reused")
+    steps = np.flatnonzero(np.diff(ids) <= 0)
+    if steps.shape[0]:
+        raise ValueError(f"{name}[{int(steps[0]) + 1}]={int(ids[steps[0] + 1])} does not rise above "
+                         f"{name}[{int(steps[0])}]={int(ids[steps[0]])}; cluster ids must ascend")
+    return ids

@@ -29,6 +29,9 @@ class Ledger:
         self.final: dict[str, tuple[int, int]] = {}  # id -> (outcome, cluster)
         self.held: set[str] = set()
         self.seen_windows: list[int] = []
+        self.center_of: dict[int, np.ndarray] = {}  # every center ever held, by cluster id
+        self.retired: set[int] = set()
+        self.founded: list[int] = []  # every id handed out, in order
 
     def run(self, ids: list[str], codes: np.ndarray, now: float) -> WindowResult:
         result = self.clusterer.process(ids, codes, now=now)
@@ -58,13 +61,32 @@ class Ledger:
         assert (r.n_joined, r.n_founded, r.n_held, r.n_noise) == tuple(int(x) for x in counts)
         clustered = (r.outcome == Outcome.JOINED) | (r.outcome == Outcome.FOUNDED)
         assert np.all((r.cluster >= 0) == clustered) and np.all((r.distance >= 0) == clustered)
-        assert np.all(r.cluster < c.n_clusters_) and r.n_clusters == c.n_clusters_
-        # Distances are the true distances to the reported (fixed) centers, within the radius.
+        assert np.all(r.cluster < r.next_cluster_id) and r.n_clusters == c.n_clusters_
+        assert r.next_cluster_id == c.next_cluster_id_ and c.cluster_ids_.shape == (c.n_clusters_,)
+        # Ids are handed out once: a window's new ids follow every earlier one.
+        first_new = r.next_cluster_id - r.n_new_clusters
+        assert all(cluster_id < first_new for cluster_id in self.center_of)
+        self.founded += r.new_cluster_ids.tolist()
+        for cluster_id, center in zip(c.cluster_ids_.tolist(), c.centers_):
+            assert self.center_of.setdefault(cluster_id, center.copy()) is not None
+            np.testing.assert_array_equal(self.center_of[cluster_id], center)  # a center never changes
+        # Retired centers are gone from the clusterer, once, and never come back.
+        assert np.all(np.diff(r.retired) > 0) and not self.retired & set(r.retired.tolist())
+        assert np.all(c.rows_of(r.retired) == -1)
+        self.retired |= set(r.retired.tolist())
+        assert not self.retired & set(c.cluster_ids_.tolist())
+        if c.max_centers_ is not None:
+            assert c.n_clusters_ <= c.max_centers_
+        joined = r.cluster[r.outcome == Outcome.JOINED]
+        assert np.all(joined < first_new) and not self.retired & (set(joined.tolist()) - set(r.retired.tolist()))
+        # Distances are the true distances to the reported (fixed) centers, within the radius. A
+        # center founded and retired in the same window was never seen held: nothing to compare.
         if clustered.any():
             all_codes = np.concatenate([codes] + [self.codes_of(i) for i in r.ids[r.n_new :]])
-            rows = np.flatnonzero(clustered)
-            true = paired_distances(all_codes[rows], c.centers_[r.cluster[rows]])
-            np.testing.assert_array_equal(true, r.distance[rows])
+            rows = np.flatnonzero(clustered & np.isin(r.cluster, list(self.center_of)))
+            if rows.size:
+                centers = np.stack([self.center_of[cluster_id] for cluster_id in r.cluster[rows].tolist()])
+                np.testing.assert_array_equal(paired_distances(all_codes[rows], centers), r.distance[rows])
             assert r.distance[clustered].max() <= c.radius_
         # Founded clusters are the new ids, each with >= min_cluster_size members now.
         founded = r.cluster[r.outcome == Outcome.FOUNDED]
@@ -72,7 +94,9 @@ class Ledger:
         if founded.size:
             per_cluster = np.bincount(founded - r.new_cluster_ids[0], minlength=r.n_new_clusters)
             assert per_cluster.min() >= c.min_cluster_size_
-            np.testing.assert_array_equal(c.sizes_[r.new_cluster_ids], per_cluster)  # later joins add to it
+            held_rows = c.rows_of(r.new_cluster_ids)
+            kept = held_rows >= 0
+            np.testing.assert_array_equal(c.sizes_[held_rows[kept]], per_cluster[kept])  # later joins add to it
         # Exactly one final outcome per id; HELD only once, followed by exactly one final outcome.
         for row, (item, outcome) in enumerate(zip(r.ids, r.outcome.tolist())):
             assert item not in self.final, f"{item} got a second final outcome"
@@ -333,6 +357,11 @@ def test_from_state_rejects_inconsistent_states():
         (dict(pending_capacity=-1), ValueError, "pending_capacity=-1"),
         (dict(pending_max_windows=-1), ValueError, "pending_max_windows=-1"),
         (dict(max_iter=0), ValueError, "max_iter=0"),
+        (dict(max_centers=0), ValueError, "max_centers=0"),
+        (dict(max_centers=2.5), TypeError, "max_centers"),
+        (dict(max_idle=0), ValueError, "max_idle=0"),
+        (dict(max_idle=float("nan")), ValueError, "max_idle=nan"),
+        (dict(max_idle="1d"), TypeError, "max_idle"),
         (dict(random_state="seed"), TypeError, "random_state"),
         (dict(random_state=-1), ValueError, "random_state=-1"),
     ],
@@ -379,13 +408,21 @@ def test_add_centers_checks_ids_and_shapes():
     clusterer = OnlineClusterer(random_state=0)
     ids = clusterer.add_centers(random_codes(2), np.array([3, 4]), np.zeros(2), np.ones(2))
     np.testing.assert_array_equal(ids, [0, 1])
-    with pytest.raises(ValueError, match=r"cluster_ids\[0\]=3 but the next free cluster id is 2"):
-        clusterer.add_centers(random_codes(1), np.array([1]), np.zeros(1), np.zeros(1), cluster_ids=np.array([3]))
+    with pytest.raises(ValueError, match=r"cluster_ids\[0\]=1 but ids below 2 were handed out already"):
+        clusterer.add_centers(random_codes(1), np.array([1]), np.zeros(1), np.zeros(1), cluster_ids=np.array([1]))
+    with pytest.raises(ValueError, match=r"cluster_ids\[1\]=7 does not rise above cluster_ids\[0\]=8"):
+        clusterer.add_centers(random_codes(2), np.ones(2, np.int64), np.zeros(2), np.zeros(2), cluster_ids=np.array([8, 7]))
+    # A gap is the ids of retired centers: allowed, and the next new id follows the highest.
+    np.testing.assert_array_equal(
+        clusterer.add_centers(random_codes(1, seed=1), np.array([1]), np.zeros(1), np.zeros(1),
+                              cluster_ids=np.array([5])), [5])
+    assert clusterer.next_cluster_id_ == 6 and clusterer.cluster_ids_.tolist() == [0, 1, 5]
+    assert clusterer.rows_of(np.array([5, 3, 0, 9])).tolist() == [2, -1, 0, -1]
     with pytest.raises(ValueError, match="sizes has 1 entries, expected 2"):
         clusterer.add_centers(random_codes(2), np.array([1]), np.zeros(2), np.zeros(2))
     with pytest.raises(ValueError, match="sizes must be >= 0"):
         clusterer.add_centers(random_codes(1), np.array([-1]), np.zeros(1), np.zeros(1))
-    assert clusterer.n_clusters_ == 2
+    assert clusterer.n_clusters_ == 3
 
 
 def test_duplicate_ids_are_processed_as_separate_photos():
@@ -431,3 +468,125 @@ def test_every_item_gets_exactly_one_final_outcome(sizes, n_true, noise_fraction
     ledger.flush(now=99.0)
     assert set(ledger.final) == set(ids) and not ledger.held
     assert int(clusterer.sizes_.sum()) == sum(o in (Outcome.JOINED, Outcome.FOUNDED) for o, _ in ledger.final.values())
+
+
+# -- retiring centers ------------------------------------------------------------------------------
+def near(center: np.ndarray, n: int, flip: float = 0.05, seed: int = 0) -> np.ndarray:
+    """``n`` codes within a few bits of ``center``."""
+    rng = np.random.default_rng(seed)
+    bits = np.unpackbits(center.view(np.uint8))
+    flips = rng.random((n, bits.shape[0])) < flip
+    return np.packbits(bits[None, :] ^ flips, axis=1).view(np.uint64)
+
+
+def test_max_centers_retires_the_least_recently_joined_and_a_near_photo_founds_a_new_id():
+    centers = random_codes(5, seed=7)
+    clusterer = OnlineClusterer(window_size=100, min_cluster_size=5, max_centers=3, random_state=0)
+    clusterer.add_centers(centers, np.ones(5, np.int64), np.zeros(5), np.array([5.0, 1.0, 3.0, 1.0, 9.0]))
+    result = clusterer.process([], random_codes(0), now=10.0)  # over the limit: the next window retires
+    assert result.retired.tolist() == [1, 3]  # updated 1.0 twice: the lower id first
+    assert clusterer.cluster_ids_.tolist() == [0, 2, 4] and result.n_clusters == 3
+    np.testing.assert_array_equal(clusterer.centers_, centers[[0, 2, 4]])
+    # Photos near retired center 1 join nothing: they found cluster 5 (id 1 is never reused), and
+    # the least recently joined of the others (2, last joined at 3.0) makes room for it.
+    result = clusterer.process([f"p{i}" for i in range(10)], near(centers[1], 10), now=100.0)
+    assert result.n_joined == 0 and set(result.cluster.tolist()) == {5} and result.new_cluster_ids.tolist() == [5]
+    assert result.retired.tolist() == [2] and clusterer.cluster_ids_.tolist() == [0, 4, 5]
+    assert clusterer.next_cluster_id_ == 6
+    # Joins keep a center: photos near 0 join it, and now 4 is the least recently joined.
+    result = clusterer.process([f"q{i}" for i in range(10)] + [f"r{i}" for i in range(10)],
+                               np.concatenate((near(centers[0], 10, seed=1), near(centers[2], 10, seed=2))), now=200.0)
+    assert set(result.cluster[:10].tolist()) == {0} and set(result.cluster[10:].tolist()) == {6}
+    assert result.retired.tolist() == [4] and clusterer.cluster_ids_.tolist() == [0, 5, 6]
+
+
+def test_max_idle_retires_centers_not_joined_for_that_long():
+    clusterer = OnlineClusterer(window_size=10, max_idle=20.0, random_state=0)
+    clusterer.add_centers(random_codes(3), np.ones(3, np.int64), np.zeros(3), np.array([0.0, 80.0, 90.0]))
+    assert clusterer.process([], random_codes(0), now=100.0).retired.tolist() == [0]  # idle 100, 20, 10
+    assert clusterer.process([], random_codes(0), now=100.5).retired.tolist() == [1]  # idle 20.5
+    assert clusterer.cluster_ids_.tolist() == [2] and clusterer.next_cluster_id_ == 3
+
+
+def test_record_joins_to_a_retired_center_are_returned_not_counted():
+    clusterer = OnlineClusterer(window_size=10, max_centers=2, random_state=0)
+    clusterer.add_centers(random_codes(3), np.ones(3, np.int64), np.zeros(3), np.array([1.0, 2.0, 3.0]))
+    clusterer.process([], random_codes(0), now=5.0)  # retires 0
+    assert clusterer.record_joins(np.array([0, 2, 0]), np.array([4, 1, 2]), 6.0) == 6
+    assert clusterer.sizes_.tolist() == [1, 2] and clusterer.updated_ts_.tolist() == [2.0, 6.0]
+    with pytest.raises(ValueError, match="cluster 3 does not exist"):
+        clusterer.record_joins(np.array([3]), np.array([1]), 6.0)
+
+
+def recurring_stream(n_windows: int, window: int, n_true: int, seed: int = 8):
+    """Windows of photos drawn from ``n_true`` recurring true clusters, so that a true cluster
+    whose center was retired comes back later."""
+    codes, truth, _ = planted_codes(n_windows * window, n_true, flip_prob=0.08, random_state=seed)
+    return [f"photo-{i}" for i in range(len(truth))], codes, truth
+
+
+def test_ids_are_never_reused_and_held_centers_stay_bounded_over_a_long_stream():
+    ids, codes, truth = recurring_stream(n_windows=30, window=600, n_true=60)
+    clusterer = OnlineClusterer(window_size=600, min_cluster_size=5, max_centers=40, random_state=2)
+    ledger = run_stream(clusterer, ids, codes, window=600)  # checks ids, retirement and bounds per window
+    assert len(ledger.retired) > 500 and clusterer.n_clusters_ == 40
+    assert ledger.founded == list(range(clusterer.next_cluster_id_))
+    assert len(ledger.center_of) > 0.9 * len(ledger.founded)  # most were held for a window at least
+    # True clusters came back after their center was retired: they founded new ids.
+    by_truth: dict[int, set[int]] = {}
+    for item, (outcome, cluster) in ledger.final.items():
+        if outcome != Outcome.NOISE:
+            by_truth.setdefault(int(truth[int(item.split("-")[1])]), set()).add(cluster)
+    assert max(len(clusters) for clusters in by_truth.values()) > 1
+
+
+def test_export_restore_with_retention_continues_identically():
+    ids, codes, _ = recurring_stream(n_windows=8, window=500, n_true=40, seed=9)
+    windows = [(ids[s : s + 500], codes[s : s + 500]) for s in range(0, len(ids), 500)]
+    params = dict(window_size=500, min_cluster_size=5, max_centers=20, max_idle=3.0, random_state=4)
+    original = OnlineClusterer(**params)
+    retired = 0
+    for w in range(4):
+        retired += original.process(*windows[w], now=float(w)).retired.shape[0]
+    assert retired and original.next_cluster_id_ > original.n_clusters_
+    state = original.export_state()
+    restored = OnlineClusterer.from_state(state)
+    assert_states_equal(restored.export_state(), state)
+    for w in range(4, len(windows)):
+        a, b = original.process(*windows[w], now=float(w)), restored.process(*windows[w], now=float(w))
+        results_equal(a, b)
+        np.testing.assert_array_equal(a.retired, b.retired)
+    assert_states_equal(original.export_state(), restored.export_state())
+
+
+def test_a_format_1_state_reads_as_nothing_retired():
+    clusterer = OnlineClusterer(window_size=500, min_cluster_size=5, random_state=4)
+    clusterer.process(*[part[:500] for part in recurring_stream(1, 500, 10)[:2]], now=1.0)
+    state = clusterer.export_state()
+    old = {k: v for k, v in state.items() if k not in ("max_centers", "max_idle", "cluster_ids", "next_cluster_id")}
+    restored = OnlineClusterer.from_state({**old, "format_version": 1})
+    assert_states_equal(restored.export_state(), state)
+
+
+def test_memory_stays_flat_with_max_centers_and_grows_without():
+    """Traced (numpy) memory after 10 and after 40 windows that each found new clusters."""
+    import tracemalloc
+
+    def traced_after(max_centers: int | None) -> tuple[int, int]:
+        clusterer = OnlineClusterer(window_size=1_000, min_cluster_size=5, max_centers=max_centers, random_state=1)
+        marks = []
+        tracemalloc.start()
+        try:
+            for w in range(40):
+                codes, _, _ = planted_codes(1_000, 50, flip_prob=0.05, random_state=100 + w)  # new clusters
+                clusterer.process([f"{w}-{i}" for i in range(1_000)], codes, now=float(w))
+                if w in (9, 39):
+                    marks.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+        return marks[0], marks[1]
+
+    early, late = traced_after(max_centers=400)
+    assert late <= 1.2 * early + 64 * 1024, (early, late)
+    early, late = traced_after(max_centers=None)  # the measure sees growth where there is some
+    assert late > 2 * early, (early, late)
