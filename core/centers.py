@@ -2,16 +2,19 @@
 
 The online clusterer (:class:`core.online.OnlineClusterer`) joins every window against the centers
 it founded. A stream front end that spreads the join over many processes gives each of them a
-read-only copy of the centers instead: :class:`CenterIndex`, which grows in cluster-id order as
-centers are founded and answers exactly what the clusterer's own join would answer for the centers
-it holds. A copy that lags only holds fewer centers: a code it does not join goes on to the
+read-only copy of the centers instead: :class:`CenterIndex`, which follows the founded and retired
+centers block by block and answers exactly what the clusterer's own join would answer for the
+centers it holds. A copy that lags only holds fewer centers: a code it does not join goes on to the
 clusterer, which joins it against all of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
+from ._validation import is_int
 from .bkmeans import FAR, PROBE_COST_IN_PAIRS
 from .codes import check_codes, check_n_bits
 from .hamming import nearest_brute
@@ -52,23 +55,25 @@ def join_within(index: MultiIndexHash, codes: np.ndarray, radius: int) -> tuple[
 
 
 class CenterIndex:
-    """A read-only copy of the cluster centers: grown in cluster-id order, searched by :meth:`join`.
+    """A read-only copy of the cluster centers, kept up to date block by block, searched by :meth:`join`.
 
     Parameters
     ----------
     n_bits : int
         Code width (64, 128, 256 or 512).
 
-    Centers arrive in blocks that start at a given cluster id (as a compacted topic of center blocks
-    delivers them, a block possibly again with more rows). Rows the index already holds are checked,
-    not added twice; a block that starts beyond the next id is kept until the gap is filled.
+    Centers arrive in blocks of consecutive cluster ids, as a compacted topic of center blocks
+    delivers them: each block states which centers of its id range are held now, so a block read
+    again adds its new centers and drops its retired ones. Blocks may come in any order (compaction
+    reorders them); the index holds its rows in cluster-id order whatever the order, so that ties
+    go to the lowest id as in the clusterer's own join.
     """
 
     def __init__(self, n_bits: int = 256) -> None:
         self.n_bits = n_bits
         self.n_bits_ = check_n_bits(n_bits)
         self._index = MultiIndexHash().fit(np.zeros((0, self.n_bits_ // 64), dtype=np.uint64))
-        self._waiting: dict[int, np.ndarray] = {}  # first id -> codes, for blocks beyond a gap
+        self._ids = np.zeros(0, dtype=np.int64)  # row -> cluster id, ascending
 
     @property
     def n_centers_(self) -> int:
@@ -76,44 +81,88 @@ class CenterIndex:
 
     @property
     def centers_(self) -> np.ndarray:
-        """``uint64[n_centers_, n_bits/64]``, row ``c`` the center of cluster ``c`` (read-only)."""
+        """``uint64[n_centers_, n_bits/64]``, row ``i`` the center of cluster ``cluster_ids_[i]`` (read-only)."""
         return self._index.codes_
 
-    def add_block(self, first_id: int, codes: np.ndarray) -> int:
-        """Add the centers ``first_id, first_id + 1, ...``; returns how many were new.
+    @property
+    def cluster_ids_(self) -> np.ndarray:
+        """``int64[n_centers_]``, ascending: the ids of the held centers (read-only)."""
+        view = self._ids.view()
+        view.flags.writeable = False
+        return view
 
-        Raises ``ValueError`` if a known center id comes with another code: cluster ids never change
+    def update(self, blocks: Iterable[tuple[int, int, np.ndarray, np.ndarray]]) -> tuple[int, int]:
+        """Apply blocks ``(lo, hi, cluster_ids, codes)``: the held centers with ids in ``[lo, hi)``
+        are now exactly ``cluster_ids`` (ascending) with ``codes``. Of several blocks for one
+        ``lo`` the last counts. Returns ``(added, dropped)``.
+
+        Appending centers newer than every held one is cheap; dropping centers, or adding one
+        below a held id, rebuilds the index (linear in the centers held). Raises ``ValueError``,
+        changing nothing, if a held center id comes with another code: cluster ids never change
         meaning, so that is a corrupt or foreign source.
         """
-        if isinstance(first_id, bool) or not isinstance(first_id, (int, np.integer)) or first_id < 0:
-            raise ValueError(f"first_id={first_id!r} must be an integer >= 0")
+        latest: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        for lo, hi, ids, codes in blocks:
+            latest[int(lo)] = self._check_block(lo, hi, ids, codes)
+        ordered = [latest[lo] for lo in sorted(latest)]
+        for (_, hi, _, _), (lo, _, _, _) in zip(ordered, ordered[1:]):
+            if lo < hi:
+                raise ValueError(f"blocks [.., {hi}) and [{lo}, ..) overlap")
+        held = self._ids
+        appended, dropped, in_order = [], 0, True
+        for lo, hi, ids, codes in ordered:
+            a, b = np.searchsorted(held, [lo, hi])
+            both, mine, theirs = np.intersect1d(held[a:b], ids, assume_unique=True, return_indices=True)
+            if both.shape[0] and not np.array_equal(self._index.codes_[a + mine], codes[theirs]):
+                bad = int(both[np.flatnonzero(np.any(self._index.codes_[a + mine] != codes[theirs], axis=1))[0]])
+                raise ValueError(f"center {bad} arrived with another code than the one already held; "
+                                 "a cluster id must never change its center")
+            dropped += int(b - a) - both.shape[0]
+            new = np.ones(ids.shape[0], dtype=np.bool_)
+            new[theirs] = False
+            if new.any() and held.shape[0] and ids[new][0] <= held[-1]:
+                in_order = False
+            appended.append((ids[new], codes[new]))
+        added = sum(ids.shape[0] for ids, _ in appended)
+        if dropped == 0 and in_order:
+            if added:
+                self._index.add(np.concatenate([codes for _, codes in appended]))
+                self._ids = np.concatenate([held] + [ids for ids, _ in appended])
+            return added, 0
+        keep = np.ones(held.shape[0], dtype=np.bool_)
+        for lo, hi, _, _ in ordered:
+            keep[np.searchsorted(held, lo):np.searchsorted(held, hi)] = False
+        ids = np.concatenate([held[keep]] + [block[2] for block in ordered])
+        codes = np.concatenate([self._index.codes_[keep]] + [block[3] for block in ordered])
+        order = np.argsort(ids, kind="stable")
+        self._index = MultiIndexHash().fit(codes[order])
+        self._ids = ids[order]
+        return added, dropped
+
+    def _check_block(self, lo: object, hi: object, ids: np.ndarray,
+                     codes: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+        if not is_int(lo) or not is_int(hi) or not 0 <= lo <= hi:
+            raise ValueError(f"block bounds lo={lo!r}, hi={hi!r} must be integers with 0 <= lo <= hi")
         codes = check_codes(codes, self.n_bits_, name="codes")
-        self._waiting[int(first_id)] = codes
-        before = self.n_centers_
-        while True:
-            n = self.n_centers_
-            ready = [first for first in self._waiting if first <= n]
-            if not ready:
-                break
-            for first in sorted(ready):
-                block = self._waiting.pop(first)
-                known = min(n - first, block.shape[0])
-                if known and not np.array_equal(block[:known], self._index.codes_[first:first + known]):
-                    row = first + int(np.flatnonzero(np.any(block[:known] != self._index.codes_[first:first + known],
-                                                            axis=1))[0])
-                    raise ValueError(f"center {row} arrived with another code than the one already held; "
-                                     "a cluster id must never change its center")
-                if block.shape[0] > known:
-                    self._index.add(block[known:])
-                n = self.n_centers_
-        return self.n_centers_ - before
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.shape[0] != codes.shape[0] or (ids.shape[0] and ids.dtype.kind not in "iu"):
+            raise ValueError(f"cluster_ids must be {codes.shape[0]} integers, one per code, got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        if ids.shape[0] and (ids[0] < lo or ids[-1] >= hi or np.any(np.diff(ids) <= 0)):
+            raise ValueError(f"cluster_ids must ascend within [{lo}, {hi})")
+        return int(lo), int(hi), ids, codes
 
     def join(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest held center within ``radius`` of each code (-1 / -1: none); see :func:`join_within`."""
+        """Nearest held center within ``radius`` of each code: ``(cluster ids, distances)``, -1 / -1
+        where none is; see :func:`join_within`."""
         codes = check_codes(codes, self.n_bits_, name="codes")
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= self.n_bits_:
             raise ValueError(f"radius={radius!r} must be an integer between 0 and n_bits={self.n_bits_}")
-        return join_within(self._index, codes, int(radius))
+        rows, distances = join_within(self._index, codes, int(radius))
+        labels = np.full(rows.shape[0], NO_CLUSTER, dtype=np.int64)
+        found = rows >= 0
+        labels[found] = self._ids[rows[found]]
+        return labels, distances
 
     def __repr__(self) -> str:
         return f"CenterIndex(n_bits={self.n_bits!r})"

@@ -100,6 +100,9 @@ class WindowResult:
     n_clusters: int  # centers held after this window (after retirement)
     next_cluster_id: int  # the next id a new cluster gets: ids below it were handed out once
     retired: np.ndarray  # int64, ids of the centers retired at the end of this window, ascending
+    retired_sizes: np.ndarray  # int64, their sizes_ when retired
+    retired_created_ts: np.ndarray  # float64, their created_ts_
+    retired_updated_ts: np.ndarray  # float64, their updated_ts_ (the last join)
     n_pending: int  # pending pool size after this window
     n_candidates: int  # items that went to Bk-means (joined nothing)
     n_bkmeans_clusters: int  # k of this window's Bk-means run (0 if it did not run)
@@ -177,7 +180,9 @@ class OnlineClusterer:
     max_centers : int >= 1 or None
         Most centers held. When a window's new centers take the count above it, the least recently
         joined centers (oldest ``updated_ts_``, then lowest id) are retired until ``max_centers``
-        remain. None (the default, as in the paper): no limit.
+        remain; a center joined or founded in the window itself is kept (its photos' outcomes name
+        it), so a window that touches more than ``max_centers`` centers leaves that many held until
+        a later window. None (the default, as in the paper): no limit.
     max_idle : float > 0 or None
         A center not joined (nor founded) for longer than this, in the units of ``now`` (seconds),
         is retired at the end of the next window. None (the default): no limit.
@@ -522,8 +527,9 @@ class OnlineClusterer:
             first_window[rows], n, now, n_new_clusters, int(rest.shape[0]), k, started, retired,
         )
 
-    def _retire(self, now: float) -> np.ndarray:
-        """Retire the centers that ``max_idle`` and ``max_centers`` ask for; returns their ids.
+    def _retire(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Retire the centers that ``max_idle`` and ``max_centers`` ask for; returns their ids,
+        sizes, created and updated times.
 
         Why a rebuild of the index rather than holes in it: a retired center must stop answering
         joins at once, and compacting keeps every row live, so searches stay as fast as for an index
@@ -534,13 +540,14 @@ class OnlineClusterer:
             retire |= now - self._updated_ts > self.max_idle_
         if self.max_centers_ is not None:
             excess = int(np.count_nonzero(~retire)) - self.max_centers_
+            # Never a center joined or founded in this window: its photos' outcomes name it.
+            candidates = np.flatnonzero(~retire & (self._updated_ts < now))
             if excess > 0:  # least recently joined first; lexsort's last key is the primary one
-                candidates = np.flatnonzero(~retire)
                 order = np.lexsort((self._ids[candidates], self._updated_ts[candidates]))
                 retire[candidates[order[:excess]]] = True
-        if not retire.any():
-            return np.zeros(0, dtype=np.int64)
-        retired = self._ids[retire]
+        retired = (self._ids[retire], self._sizes[retire], self._created_ts[retire], self._updated_ts[retire])
+        if not retired[0].shape[0]:
+            return retired
         keep = ~retire
         self._index = MultiIndexHash().fit(self._index.codes_[keep])
         self._ids = self._ids[keep]
@@ -601,7 +608,8 @@ class OnlineClusterer:
         return self._result(
             window, ids, np.full(n_pool, Outcome.NOISE, dtype=np.uint8),
             np.full(n_pool, NO_CLUSTER, dtype=np.int64), np.full(n_pool, -1, dtype=np.int32),
-            first_seen, first_window, 0, now, 0, 0, 0, started, np.zeros(0, dtype=np.int64),
+            first_seen, first_window, 0, now, 0, 0, 0, started,
+            (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)),
         )
 
     def _result(
@@ -626,7 +634,10 @@ class OnlineClusterer:
             n_new_clusters=n_new_clusters,
             n_clusters=self.n_clusters_,
             next_cluster_id=self._next_id,
-            retired=retired,
+            retired=retired[0],
+            retired_sizes=retired[1],
+            retired_created_ts=retired[2],
+            retired_updated_ts=retired[3],
             n_pending=len(self._pending_ids),
             n_candidates=n_candidates,
             n_bkmeans_clusters=k,

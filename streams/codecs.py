@@ -864,3 +864,31 @@ def decode_joins(value: bytes | None) -> tuple[np.ndarray, np.ndarray, float]:
     if type(ts) not in (int, float) or not math.isfinite(ts):
         raise ValueError(f"join counts field 'ts': must be a finite number, got {ts!r}")
     return clusters, counts, float(ts)
+
+
+_RETIRED_FIELDS = ("cluster", "size", "created_ts", "updated_ts", "window", "ts")
+
+
+def encode_retirements(clusters: np.ndarray, sizes: np.ndarray, created_ts: np.ndarray, updated_ts: np.ndarray,
+                       window: int, ts: float) -> list[tuple[bytes, bytes]]:
+    """Retired-topic records, one per retired center: key the cluster id (ASCII), value a msgpack
+    map ``{"cluster", "size", "created_ts", "updated_ts" (its last join), "window", "ts"}``."""
+    return [(str(c).encode(), msgpack.packb({"cluster": c, "size": n, "created_ts": created, "updated_ts": updated,
+                                             "window": int(window), "ts": float(ts)}))
+            for c, n, created, updated in zip(np.asarray(clusters).tolist(), np.asarray(sizes).tolist(),
+                                              np.asarray(created_ts).tolist(), np.asarray(updated_ts).tolist())]
+
+
+def decode_retirement(value: bytes) -> dict:
+    """Parse and check one retired-topic value; ValueError naming the field if it is not one."""
+    obj = _unpack_map(value, "retirement")
+    missing = [name for name in _RETIRED_FIELDS if name not in obj]
+    if missing:
+        raise ValueError(f"retirement lacks field(s) {missing}")
+    for name in ("cluster", "size", "window"):
+        if type(obj[name]) is not int or obj[name] < 0:
+            raise ValueError(f"retirement field {name!r}: must be an integer >= 0, got {obj[name]!r}")
+    for name in ("created_ts", "updated_ts", "ts"):
+        if type(obj[name]) not in (int, float) or not math.isfinite(obj[name]):
+            raise ValueError(f"retirement field {name!r}: must be a finite number, got {obj[name]!r}")
+    return obj

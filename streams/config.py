@@ -24,7 +24,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # Username/password mechanisms, which both Faust's aiokafka clients and librdkafka support.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
-TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "state_topic", "unjoined_topic", "centers_topic")
+TOPIC_FIELDS = ("input_topic", "output_topic", "dlq_topic", "state_topic", "unjoined_topic", "centers_topic",
+                "retired_topic")
 # Every confluent-kafka client logs through this logger instead of writing librdkafka's raw
 # "%3|...|FAIL|..." lines to stderr; the records are handed over from the client's poll()/flush().
 LIBRDKAFKA_LOGGER = logging.getLogger("photoclust.librdkafka")
@@ -41,6 +42,7 @@ class Settings:
     state_topic: str = "photoclust-state"
     unjoined_topic: str = "photoclust-unjoined"  # join stage -> found stage, one partition
     centers_topic: str = "photoclust-centers"  # public, compacted: the center blocks
+    retired_topic: str = "photoclust-retired"  # public: one event per retired center
     # Input (and assignment) topic partitions: the group spreads the join stage over up to this
     # many workers. Fixed once the topic exists (Kafka can add partitions, never remove them).
     partitions: int = 6
@@ -64,6 +66,11 @@ class Settings:
     seed: int = 0
     max_wait_s: float = 5.0  # a partial window is clustered when its oldest photo waited this long
     pending_idle_s: float = 60.0  # after this long without events, pending photos become noise (0: never)
+    # Retiring centers (0: off, keep every center, as the paper does). At the end of a window the
+    # least recently joined centers beyond max_centers, and those not joined for max_idle_s, leave
+    # the index; their ids are never handed out again.
+    max_centers: int = 0
+    max_idle_s: float = 0.0
     # Worker
     drain_timeout_s: float = 60.0  # on a graceful stop, time allowed to finish the windows already closed
     restore_timeout_s: float = 300.0  # longest a start may take to rebuild the clusterer; then it exits non-zero
@@ -85,6 +92,8 @@ class Settings:
         check_range("radius", self.radius, 0, ("n_bits", self.n_bits), finite=True)
         check_range("pending_capacity", self.pending_capacity, 0)
         check_range("pending_idle_s", self.pending_idle_s, 0)
+        check_range("max_centers", self.max_centers, 0)
+        check_range("max_idle_s", self.max_idle_s, 0, finite=True)
         check_range("restore_timeout_s", self.restore_timeout_s, 0, low_open=True)
         # the broker's group.min.session.timeout.ms and group.max.session.timeout.ms defaults
         check_range("session_timeout_s", self.session_timeout_s, 6, 1800)

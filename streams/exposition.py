@@ -43,6 +43,8 @@ METRICS = {m.name: m for m in (
     Metric("photoclust_dead_letters_total", "counter", "Dead letters written, by kind (event or batch row).",
            ("kind",)),
     Metric("photoclust_clusters", "gauge", "Cluster centers held by the online clusterer."),
+    Metric("photoclust_retired_centers_total", "counter",
+           "Centers retired (max_centers, max_idle_s) by this worker's found stage since it started."),
     Metric("photoclust_pending_photos", "gauge", "Photos held back in the pending pool."),
     Metric("photoclust_window_fill", "gauge", "Photos in the window being filled."),
     Metric("photoclust_windows_in_flight", "gauge", "Closed windows not yet clustered and published."),
@@ -101,6 +103,7 @@ class WorkerCollector(Collector):
         yield _family("photoclust_dead_letters_total", [(("event",), stats.get("dlq_events", 0)),
                                                         (("row",), stats.get("dlq_rows", 0))])
         yield _one("photoclust_clusters", stats.get("clusters", 0))
+        yield _one("photoclust_retired_centers_total", stats.get("retired", 0))
         yield _one("photoclust_pending_photos", stats.get("pending", 0))
         yield _one("photoclust_window_fill", stats.get("window_fill", 0))
         yield _one("photoclust_windows_in_flight", stats.get("windows_in_flight", 0))

@@ -26,7 +26,7 @@ from core.codes import from_bytes
 from core.online import OnlineClusterer, Outcome, WindowResult
 from core.warmup import warm_up
 
-from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_assignments
+from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_assignments, encode_retirements
 from .commit import CommitSequence, Record
 from .config import Settings
 from .crash import crash_worker
@@ -129,6 +129,7 @@ class FoundStage:
             "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
             "last_window": None, "replays_skipped": 0, "restore_seconds": None,
             "restores": 0, "kept_state": 0, "ready_at": None, "cpu_seconds": 0.0,
+            "retired": 0, "joins_to_retired": 0,
         }
 
     # -- ownership of the unjoined partition ------------------------------------------------------
@@ -233,7 +234,7 @@ class FoundStage:
             return False
         _, centers_end = watermarks_of(s, s.centers_topic)
         self.replica.wait_for(centers_end, timeout=s.restore_timeout_s)
-        return self.replica.index.n_centers_ == self.clusterer.n_clusters_
+        return np.array_equal(self.replica.index.cluster_ids_, self.clusterer.cluster_ids_)
 
     def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], tuple[int, int]]]:
         """Read both topics to their current end, then rebuild the clusterer with this worker's
@@ -257,7 +258,8 @@ class FoundStage:
         # A window may overshoot window_size by one forwarded batch event, which is never split.
         return dict(n_bits=s.n_bits, window_size=s.window_size + self.decoder.max_batch_rows,
                     new_centers_ratio=s.new_centers_ratio, radius=s.radius, min_cluster_size=s.min_cluster_size,
-                    pending_capacity=s.pending_capacity, max_iter=s.max_iter, random_state=s.seed)
+                    pending_capacity=s.pending_capacity, max_iter=s.max_iter,
+                    max_centers=s.max_centers or None, max_idle=s.max_idle_s or None, random_state=s.seed)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -441,7 +443,8 @@ class FoundStage:
     def _process_window(self, window: Window) -> WindowResult | None:
         clusterer = self.clusterer
         for clusters, counts, ts in window.joins:
-            clusterer.record_joins(clusters, counts, ts)
+            # A copy that had not yet read a retirement may still join the retired center.
+            self.counters["joins_to_retired"] += clusterer.record_joins(clusters, counts, ts)
         if window.flush_pending:
             return clusterer.flush(time.time()) if clusterer.n_pending_ else None
         if not window.ids and not clusterer.n_pending_:
@@ -457,6 +460,7 @@ class FoundStage:
         s = self.settings
         outputs: list[Record] = []
         centers: list[Record] = []
+        retired: list[Record] = []
         touched = [clusters for clusters, _, _ in window.joins]
         if result is not None:
             final = np.flatnonzero(result.is_final)
@@ -467,9 +471,12 @@ class FoundStage:
             values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
                                         result.window, ts_in[final], time.time())
             outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
-            if result.n_new_clusters:
-                centers = center_records(self.clusterer, result.n_clusters - result.n_new_clusters, result.window)
-            touched.append(result.touched_clusters)
+            changed = np.concatenate((result.new_cluster_ids, result.retired))
+            if changed.shape[0]:
+                centers = center_records(self.clusterer, changed, result.window)
+            retired = encode_retirements(result.retired, result.retired_sizes, result.retired_created_ts,
+                                         result.retired_updated_ts, result.window, result.now)
+            touched += [result.touched_clusters, result.retired]
             for message in window.messages:
                 tp = (message.topic, message.partition)
                 self._input_positions[tp] = max(self._input_positions.get(tp, (0, 0)), (message.offset + 1, 0))
@@ -480,8 +487,10 @@ class FoundStage:
         if result is not None or window.joins:
             state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),
                                   self._input_positions, self._pending_chunks)
+        # Retirements after the center blocks that drop them: a consumer told of one finds the
+        # block already without it.
         await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, centers),
-                                  (s.output_topic, outputs), (s.state_topic, state)],
+                                  (s.output_topic, outputs), (s.retired_topic, retired), (s.state_topic, state)],
                                  window.messages, s.unjoined_topic, source_partition=0)
         if state:
             self._pending_chunks = n_pending_chunks(state)
@@ -493,6 +502,7 @@ class FoundStage:
             counts = self.counters["outcomes"]
             for outcome in (Outcome.JOINED, Outcome.FOUNDED, Outcome.NOISE):
                 counts[outcome.name.lower()] += int(np.count_nonzero(final_outcomes == outcome))
+            self.counters["retired"] += int(result.retired.shape[0])
             if window.flush_pending:
                 log.info("event=idle_flush idle_s=%.0f noise=%d", s.pending_idle_s, result.n_noise)
 
@@ -503,13 +513,14 @@ class FoundStage:
             "window": result.window, "photos": n_photos, "seconds": round(seconds, 3),
             "publish_seconds": round(publish_seconds, 3),
             "joined": result.n_joined, "founded": result.n_founded, "held": result.n_held, "noise": result.n_noise,
-            "new_clusters": result.n_new_clusters,
+            "new_clusters": result.n_new_clusters, "retired": int(result.retired.shape[0]),
         }
         dead_letters = self.counters["dlq_events"] + self.counters["dlq_rows"]
         log.info("event=window_clustered window=%d photos=%d seconds=%.3f publish_seconds=%.3f joined=%d founded=%d "
-                 "held=%d noise=%d new_clusters=%d clusters=%d pending=%d dead_letters=%d",
+                 "held=%d noise=%d new_clusters=%d retired=%d clusters=%d pending=%d dead_letters=%d",
                  result.window, n_photos, seconds, publish_seconds, result.n_joined, result.n_founded,
-                 result.n_held, result.n_noise, result.n_new_clusters, result.n_clusters, result.n_pending,
+                 result.n_held, result.n_noise, result.n_new_clusters, int(result.retired.shape[0]),
+                 result.n_clusters, result.n_pending,
                  dead_letters - self._dead_letters_logged)
         self._dead_letters_logged = dead_letters
 
@@ -517,14 +528,17 @@ class FoundStage:
     def cluster(self, cluster_id: int) -> dict[str, Any] | None:
         """One cluster's center and figures (size and last join counted over both stages)."""
         clusterer = self.clusterer
-        if clusterer is None or not 0 <= cluster_id < clusterer.n_clusters_:
+        if clusterer is None:
+            return None
+        row = int(clusterer.rows_of(np.array([cluster_id]))[0])
+        if row < 0:  # never founded, or retired
             return None
         return {
             "cluster": cluster_id,
-            "center": clusterer.centers_[cluster_id].astype(">u8").tobytes().hex(),
-            "size": int(clusterer.sizes_[cluster_id]),
-            "created_ts": float(clusterer.created_ts_[cluster_id]),
-            "updated_ts": float(clusterer.updated_ts_[cluster_id]),
+            "center": clusterer.centers_[row].astype(">u8").tobytes().hex(),
+            "size": int(clusterer.sizes_[row]),
+            "created_ts": float(clusterer.created_ts_[row]),
+            "updated_ts": float(clusterer.updated_ts_[row]),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -535,6 +549,7 @@ class FoundStage:
             "ready": self.ready,
             "windows_in_flight": self._windows_in_flight,
             "clusters": clusterer.n_clusters_ if clusterer is not None else 0,
+            "next_cluster_id": clusterer.next_cluster_id_ if clusterer is not None else 0,
             "pending": clusterer.n_pending_ if clusterer is not None else 0,
             "window_fill": len(self.window),
         }

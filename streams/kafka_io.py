@@ -38,6 +38,7 @@ def _create_missing_topics(admin: AdminClient, settings: Settings, timeout: floa
         NewTopic(settings.unjoined_topic, 1, 1),
         NewTopic(settings.centers_topic, 1, 1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.state_topic, 1, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.retired_topic, 1, 1),
     ]
     existing = admin.list_topics(timeout=timeout).topics
     missing = [t for t in wanted if t.topic not in existing]

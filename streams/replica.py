@@ -24,7 +24,7 @@ from core.centers import CenterIndex
 
 from .config import Settings
 from .kafka_io import watermarks
-from .state import CENTERS_PREFIX, decode_center_block
+from .state import CENTERS_PREFIX, CenterBlock, center_update
 from .store import LocalStore
 
 log = logging.getLogger("photoclust.replica")
@@ -59,8 +59,7 @@ class CentersReplica:
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the blocks the store holds, then read and tail the topic in a thread."""
-        blocks = [decode_center_block(value) for _, value in self.store.items(self.topic, CENTERS_PREFIX)]
-        self._apply_blocks(blocks)
+        self._apply_blocks(list(self.store.items(self.topic, CENTERS_PREFIX)))
         log.info("event=centers_loaded source=local_store centers=%d next_offset=%d", self.index.n_centers_,
                  self.position)
         self._thread = threading.Thread(target=self._run, name="photoclust-centers", daemon=True)
@@ -134,7 +133,7 @@ class CentersReplica:
                     self._stop.wait(hold_s)
                     hold_s = 0.0
                 messages = consumer.consume(BATCH, POLL_S)
-                records, blocks, at_end = [], [], False
+                records, at_end = [], False
                 for message in messages:
                     error = message.error()
                     if error is not None:
@@ -147,15 +146,14 @@ class CentersReplica:
                             log.warning("event=centers_reader_error error=%r", error.str())
                         continue
                     records.append((message.key(), message.value()))
-                    if message.value() is not None and message.key().startswith(CENTERS_PREFIX):
-                        blocks.append(decode_center_block(message.value()))
                     self.position = message.offset() + 1
                 if records:
                     self.store.apply(self.topic, records, self.position)
-                    self._apply_blocks(blocks)
+                    blocks = self._apply_blocks([(key, value) for key, value in records
+                                                 if key is not None and key.startswith(CENTERS_PREFIX)])
                     if self.caught_up.is_set():  # blocks read at start say nothing about propagation
                         now = time.time()
-                        self._delays.extend(now - float(created.max()) for _, _, created, _ in blocks if len(created))
+                        self._delays.extend(now - float(block.created.max()) for block in blocks if len(block.created))
                 if at_end:
                     self.high_watermark = max(self.high_watermark, self.position)
                 elif time.monotonic() - checked > WATERMARK_EVERY_S:  # for the lag gauge
@@ -169,13 +167,21 @@ class CentersReplica:
         finally:
             consumer.close()
 
-    def _apply_blocks(self, blocks: list[tuple[int, np.ndarray, np.ndarray, int]]) -> None:
-        if not blocks:
-            return
+    def _apply_blocks(self, records: list[tuple[bytes, bytes | None]]) -> list[CenterBlock]:
+        """Apply center-block records (tombstones too) to the index; returns the decoded blocks."""
+        if not records:
+            return []
+        updates, blocks = [], []
+        for key, value in records:
+            update, block = center_update(key, value, self.settings.n_bits)
+            updates.append(update)
+            if block is not None:
+                blocks.append(block)
+        # A retirement rebuilds the index (linear in the centers held): the join stage waits meanwhile.
         with self._lock:
-            for first, codes, _, window in sorted(blocks, key=lambda block: block[0]):
-                self.index.add_block(first, codes)
-                self.windows_seen = max(self.windows_seen, window + 1)
+            self.index.update(updates)
+            self.windows_seen = max([self.windows_seen] + [block.window + 1 for block in blocks])
+        return blocks
 
     def _set_caught_up(self) -> None:
         log.info("event=centers_caught_up centers=%d next_offset=%d", self.index.n_centers_, self.position)

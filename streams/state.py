@@ -5,16 +5,21 @@ Millions of centers cannot be one Kafka message and must not be one message each
 a block of ``CENTER_BLOCK`` consecutive cluster ids:
 
 * key ``b"centers/<block>"`` (ASCII), block b holding cluster ids ``b * 1024 .. b * 1024 + 1023``;
-* value, a msgpack map: ``{"format": 1, "n_bits": int, "first": int, "codes": bin, "created": bin,
-  "window": int}``: ``codes`` the centers of ids ``first, first + 1, ...`` as little-endian uint64,
-  ``n_bits / 64`` words each; ``created`` their founding times (little-endian float64, epoch
-  seconds); ``window`` the found-stage window that last wrote the block.
+* value, a msgpack map: ``{"format": 2, "n_bits": int, "first": int, "count": int, "rows": bin,
+  "codes": bin, "created": bin, "window": int}``: ``count`` the ids of the block handed out so far
+  (``first .. first + count - 1``); ``rows`` the held centers as little-endian uint16 offsets from
+  ``first``, ascending (a retired center's row is left out); ``codes`` their centers as
+  little-endian uint64, ``n_bits / 64`` words each; ``created`` their founding times (little-endian
+  float64, epoch seconds); ``window`` the found-stage window that last wrote the block.
+  Format 1 (before retirement) had no ``count`` and ``rows``: every row ``0 .. len - 1`` held.
 
-A block is rewritten, with rows appended, while it fills up; a center never changes once founded,
-so the newest record of a block (all that compaction keeps) holds every center it ever held.
+A block is rewritten while it fills up, and when one of its centers is retired; a center never
+changes once founded, so the newest record of a block (all that compaction keeps) holds every center
+of it that is still held. A full block whose centers are all retired gets a tombstone (the newest
+block never does: its ``count`` tells the next cluster id).
 
 ``photoclust-state`` is the found stage's own: ``stats/<block>`` (size and last-joined time of each
-cluster of a block), ``pending/<chunk>`` (the pending pool, rewritten whole every window) and
+held cluster of a block, ``rows`` as in the centers topic), ``pending/<chunk>`` (the pending pool, rewritten whole every window) and
 ``meta`` (parameters, window count, the offsets the state reflects), written last. Values are msgpack
 maps holding little-endian numpy buffers; a value of ``None`` (a tombstone) deletes a key.
 """
@@ -22,6 +27,7 @@ maps holding little-endian numpy buffers; a value of ``None`` (a tombstone) dele
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -31,19 +37,20 @@ from core.online import OnlineClusterer
 
 CENTER_BLOCK = 1024
 PENDING_CHUNK = 4096
-CENTERS_FORMAT = 1
+CENTERS_FORMAT = 2
+READABLE_CENTERS_FORMATS = (1, 2)
 STATE_FORMAT = 2
 META_KEY = b"meta"
 CENTERS_PREFIX = b"centers/"
 STATS_PREFIX = b"stats/"
 PENDING_PREFIX = b"pending/"
 _PARAMS = ("n_bits", "window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
-           "pending_max_windows", "max_iter", "random_state")
+           "pending_max_windows", "max_iter", "max_centers", "max_idle", "random_state")
 # Settings a restart may change: a restored clusterer takes the new value. ``n_bits`` cannot
 # change (the stored centers have the old width); the seed stays the stored one, so that window
 # w's Bk-means start does not depend on restarts.
 CHANGEABLE_PARAMS = ("window_size", "new_centers_ratio", "radius", "min_cluster_size", "pending_capacity",
-                     "max_iter")
+                     "max_iter", "max_centers", "max_idle")
 FIXED_PARAMS = ("n_bits",)
 
 Record = tuple[bytes, bytes | None]
@@ -75,41 +82,96 @@ def _array(value: bytes, dtype: str, n_words: int | None = None) -> np.ndarray:
     return array.reshape(-1, n_words) if n_words else array
 
 
-def _blocks(first: int, stop: int) -> range:
-    return range(first // CENTER_BLOCK, (stop + CENTER_BLOCK - 1) // CENTER_BLOCK)
+def blocks_of(cluster_ids: np.ndarray) -> list[int]:
+    """The blocks that hold ``cluster_ids``, ascending."""
+    return np.unique(np.asarray(cluster_ids, dtype=np.int64) // CENTER_BLOCK).tolist()
+
+
+def _held_rows(clusterer: OnlineClusterer, block: int) -> slice:
+    """The clusterer's rows of the held centers of ``block`` (ids ascend with the rows)."""
+    lo, hi = np.searchsorted(clusterer.cluster_ids_, [block * CENTER_BLOCK, (block + 1) * CENTER_BLOCK])
+    return slice(int(lo), int(hi))
+
+
+def _tombstoned(clusterer: OnlineClusterer, block: int, rows: slice) -> bool:
+    """A full block with no held center, below the newest block, is deleted from both topics."""
+    return rows.start == rows.stop and (block + 1) * CENTER_BLOCK <= clusterer.next_cluster_id_ - 1
 
 
 # -- the centers topic ------------------------------------------------------------------------------
 
 
-def center_records(clusterer: OnlineClusterer, first_new: int, window: int) -> list[Record]:
-    """Records of the center blocks that hold clusters ``first_new ..`` (each block whole)."""
+@dataclass(frozen=True)
+class CenterBlock:
+    """One decoded centers-topic record."""
+
+    first: int  # cluster id of the block's first row: block * CENTER_BLOCK
+    count: int  # ids of the block handed out so far
+    cluster_ids: np.ndarray  # int64, the held centers' ids, ascending
+    codes: np.ndarray  # uint64[len(cluster_ids), n_bits/64]
+    created: np.ndarray  # float64, their founding times
+    window: int  # the found-stage window that last wrote the block
+
+    @property
+    def block(self) -> int:
+        return self.first // CENTER_BLOCK
+
+
+def center_records(clusterer: OnlineClusterer, cluster_ids: np.ndarray, window: int) -> list[Record]:
+    """Records of the center blocks that hold ``cluster_ids`` (new or retired centers), each block
+    whole: its held centers, or a tombstone once it is full and all of it retired."""
     centers, created = clusterer.centers_, clusterer.created_ts_
-    n_clusters = centers.shape[0]
-    records = []
-    for block in _blocks(first_new, n_clusters):
-        rows = slice(block * CENTER_BLOCK, min((block + 1) * CENTER_BLOCK, n_clusters))
+    records: list[Record] = []
+    for block in blocks_of(cluster_ids):
+        rows = _held_rows(clusterer, block)
+        if _tombstoned(clusterer, block, rows):
+            records.append((center_key(block), None))
+            continue
+        first = block * CENTER_BLOCK
         records.append((center_key(block), _pack(
-            format=CENTERS_FORMAT, n_bits=clusterer.n_bits_, first=block * CENTER_BLOCK, window=int(window),
+            format=CENTERS_FORMAT, n_bits=clusterer.n_bits_, first=first, window=int(window),
+            count=min(clusterer.next_cluster_id_ - first, CENTER_BLOCK),
+            rows=(clusterer.cluster_ids_[rows] - first).astype("<u2"),
             codes=centers[rows].astype("<u8"), created=created[rows].astype("<f8"))))
     return records
 
 
-def decode_center_block(value: bytes) -> tuple[int, np.ndarray, np.ndarray, int]:
-    """``(first, codes, created, window)`` of a centers-topic value; ValueError if it is not one."""
+def decode_center_block(value: bytes) -> CenterBlock:
+    """A centers-topic value (format 1 or 2); ValueError if it is not one."""
     try:
         block = msgpack.unpackb(value)
-        if block.get("format") != CENTERS_FORMAT:
-            raise ValueError(f"format {block.get('format')!r}, expected {CENTERS_FORMAT}")
+        if block.get("format") not in READABLE_CENTERS_FORMATS:
+            raise ValueError(f"format {block.get('format')!r}, expected one of {READABLE_CENTERS_FORMATS}")
         n_words = int(block["n_bits"]) // 64
         codes = _array(block["codes"], "uint64", n_words)
         created = _array(block["created"], "float64")
         first, window = int(block["first"]), int(block["window"])
+        if block["format"] == 1:
+            rows, count = np.arange(codes.shape[0], dtype=np.int64), codes.shape[0]
+        else:
+            rows, count = _array(block["rows"], "uint16").astype(np.int64), int(block["count"])
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
         raise ValueError(f"not a center block: {e}") from None
-    if codes.shape[0] != created.shape[0] or first % CENTER_BLOCK or codes.shape[0] > CENTER_BLOCK:
-        raise ValueError(f"not a center block: {codes.shape[0]} codes, {created.shape[0]} times, first={first}")
-    return first, codes, created, window
+    if (codes.shape[0] != created.shape[0] or codes.shape[0] != rows.shape[0] or first % CENTER_BLOCK
+            or not 0 < count <= CENTER_BLOCK or np.any(np.diff(rows) <= 0) or (rows.size and rows[-1] >= count)):
+        raise ValueError(f"not a center block: {codes.shape[0]} codes, {created.shape[0]} times, "
+                         f"{rows.shape[0]} rows, first={first}, count={count}")
+    return CenterBlock(first, count, first + rows, codes, created, window)
+
+
+def center_update(key: bytes, value: bytes | None, n_bits: int) -> tuple[tuple[int, int, np.ndarray, np.ndarray], CenterBlock | None]:
+    """A centers-topic record as a :meth:`core.centers.CenterIndex.update` block, and the decoded
+    block (None for a tombstone: every center of the block retired)."""
+    try:
+        first = int(key[len(CENTERS_PREFIX):]) * CENTER_BLOCK
+    except ValueError:
+        raise ValueError(f"not a center block key: {key!r}") from None
+    if value is None:
+        return (first, first + CENTER_BLOCK, np.zeros(0, np.int64), np.zeros((0, n_bits // 64), np.uint64)), None
+    block = decode_center_block(value)
+    if block.first != first:
+        raise ValueError(f"center block {key!r} holds first={block.first}")
+    return (first, first + CENTER_BLOCK, block.cluster_ids, block.codes), block
 
 
 # -- the state topic --------------------------------------------------------------------------------
@@ -121,18 +183,22 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     ids (``None``: all), the pending pool (with tombstones for chunks it no longer uses, of the
     ``previous_chunks`` stored), and ``meta`` last.
 
+    Retired clusters count as touched: their rows leave the stats blocks.
     ``input_positions`` maps (topic, partition) to the next (offset, row) the state does not reflect;
     a restarted found stage skips what comes before instead of clustering it twice.
     """
-    sizes, updated = clusterer.sizes_, clusterer.updated_ts_
+    sizes, updated, cluster_ids = clusterer.sizes_, clusterer.updated_ts_, clusterer.cluster_ids_
     state = clusterer.export_state(include_centers=False)
     n_clusters = sizes.shape[0]
-    blocks = _blocks(0, n_clusters) if touched is None else np.unique(np.asarray(touched) // CENTER_BLOCK).tolist()
     records: list[Record] = []
-    for block in blocks:
-        rows = slice(block * CENTER_BLOCK, min((block + 1) * CENTER_BLOCK, n_clusters))
-        records.append((stats_key(block), _pack(first=block * CENTER_BLOCK, sizes=sizes[rows].astype("<i8"),
-                                                updated=updated[rows].astype("<f8"))))
+    for block in blocks_of(cluster_ids if touched is None else touched):
+        rows = _held_rows(clusterer, block)
+        if _tombstoned(clusterer, block, rows):
+            records.append((stats_key(block), None))
+            continue
+        first = block * CENTER_BLOCK
+        records.append((stats_key(block), _pack(first=first, rows=(cluster_ids[rows] - first).astype("<u2"),
+                                                sizes=sizes[rows].astype("<i8"), updated=updated[rows].astype("<f8"))))
     offsets = state["pending_ids_offsets"]
     n_pending = offsets.shape[0] - 1
     n_chunks = (n_pending + PENDING_CHUNK - 1) // PENDING_CHUNK
@@ -149,6 +215,7 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     records += [(pending_key(chunk), None) for chunk in range(n_chunks, previous_chunks)]
     meta = {name: state[name] for name in _PARAMS}
     meta.update(format=STATE_FORMAT, n_windows=state["n_windows"], n_clusters=n_clusters,
+                next_cluster_id=state["next_cluster_id"],
                 n_pending=n_pending, n_pending_chunks=n_chunks,
                 input_positions=sorted([topic, partition, offset, row]
                                        for (topic, partition), (offset, row) in (input_positions or {}).items()))
@@ -172,7 +239,7 @@ def stored_params(raw_meta: bytes | None) -> dict[str, Any] | None:
 def param_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any],
                   names: Iterable[str]) -> list[tuple[str, Any, Any]]:
     """``(name, stored value, wanted value)`` for each of ``names`` whose value differs."""
-    return [(name, stored.get(name), wanted[name]) for name in names if stored.get(name) != wanted[name]]
+    return [(name, stored.get(name), wanted.get(name)) for name in names if stored.get(name) != wanted.get(name)]
 
 
 def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], tuple[int, int]]:
@@ -186,28 +253,38 @@ def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], tupl
 # -- rebuilding the found stage's clusterer ---------------------------------------------------------
 
 
+def _decode_stats(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cluster_ids, sizes, updated)`` of a ``stats/<block>`` value (without ``rows``: every row
+    from ``first`` on, as written before retirement)."""
+    value = msgpack.unpackb(raw)
+    sizes = _array(value["sizes"], "int64")
+    rows = _array(value["rows"], "uint16").astype(np.int64) if "rows" in value else np.arange(sizes.shape[0])
+    return value["first"] + rows, sizes, _array(value["updated"], "float64")
+
+
 def stored_cluster(cluster_id: int, get_center_block: Callable[[bytes], bytes | None],
                    get_state: Callable[[bytes], bytes | None]) -> dict[str, Any] | None:
     """One cluster's figures as the two topics hold them (what a worker that does not found
     answers): its center and founding time from the centers topic, its size and last join from
-    the state topic. None if the centers topic has no such cluster."""
+    the state topic. None if the centers topic holds no such cluster (never founded, or retired)."""
     block = cluster_id // CENTER_BLOCK
     raw_center = get_center_block(center_key(block))
     if raw_center is None:
         return None
-    first, codes, created, _ = decode_center_block(raw_center)
-    row = cluster_id - first
-    if row >= codes.shape[0]:
+    centers = decode_center_block(raw_center)
+    row = int(np.searchsorted(centers.cluster_ids, cluster_id))
+    if row >= centers.cluster_ids.shape[0] or centers.cluster_ids[row] != cluster_id:
         return None
-    size, updated = 0, float(created[row])  # founded by a window whose state records never followed
+    created = float(centers.created[row])
+    size, updated = 0, created  # founded by a window whose state records never followed
     raw_stats = get_state(stats_key(block))
     if raw_stats is not None:
-        value = msgpack.unpackb(raw_stats)
-        sizes = _array(value["sizes"], "int64")
-        if row < sizes.shape[0]:
-            size, updated = int(sizes[row]), float(_array(value["updated"], "float64")[row])
-    return {"cluster": cluster_id, "center": codes[row].astype(">u8").tobytes().hex(), "size": size,
-            "created_ts": float(created[row]), "updated_ts": updated}
+        ids, sizes, updated_ts = _decode_stats(raw_stats)
+        at = int(np.searchsorted(ids, cluster_id))
+        if at < ids.shape[0] and ids[at] == cluster_id:
+            size, updated = int(sizes[at]), float(updated_ts[at])
+    return {"cluster": cluster_id, "center": centers.codes[row].astype(">u8").tobytes().hex(), "size": size,
+            "created_ts": created, "updated_ts": updated}
 
 
 def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], bytes | None],
@@ -228,37 +305,42 @@ def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], byt
                 "keeps them in the centers topic and cannot read it: start with a new app_id and topics)"
                 if meta.get("format") == 1 else "")
         raise ValueError(f"stored state has format {meta.get('format')!r}, expected {STATE_FORMAT}{hint}")
-    stored = {name: meta[name] for name in _PARAMS} if meta is not None else dict(params)
+    # A parameter the stored state predates (max_centers, max_idle) had its default then: None.
+    stored = {name: meta.get(name) for name in _PARAMS} if meta is not None else dict(params)
     refused = param_changes(stored, params, FIXED_PARAMS)
     if refused:
         raise ValueError("; ".join(f"{name}={new} differs from the stored state's {name}={old}"
                                    for name, old, new in refused))
     changes = param_changes(stored, params, CHANGEABLE_PARAMS)
     n_words = int(params["n_bits"]) // 64
-    blocks = sorted((decode_center_block(value) for value in center_values), key=lambda block: block[0])
-    n_clusters, windows = 0, [meta["n_windows"] if meta is not None else 0]
-    for first, codes, _, window in blocks:
-        if first != n_clusters:
-            raise ValueError(f"the centers topic has no center {n_clusters} (the next block starts at {first})")
-        if codes.shape[1] != n_words:
-            raise ValueError(f"center block {first // CENTER_BLOCK} holds {codes.shape[1] * 64}-bit codes, "
+    blocks = sorted((decode_center_block(value) for value in center_values), key=lambda block: block.first)
+    next_id, windows = 0, [meta["n_windows"] if meta is not None else 0]
+    for block in blocks:
+        if block.codes.shape[1] != n_words:
+            raise ValueError(f"center block {block.block} holds {block.codes.shape[1] * 64}-bit codes, "
                              f"expected {params['n_bits']}")
-        n_clusters += codes.shape[0]
-        windows.append(window + 1)
-    if meta is not None and meta["n_clusters"] > n_clusters:
-        raise ValueError(f"stored state names {meta['n_clusters']} clusters but the centers topic holds {n_clusters}")
-    centers = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, n_words), np.uint64)
-    created = np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0)
+        next_id = block.first + block.count
+        windows.append(block.window + 1)
+    # Ids the state handed out: a lost center block would otherwise let them be handed out again.
+    stored_next = (meta.get("next_cluster_id", meta["n_clusters"]) if meta is not None else 0)
+    if stored_next > next_id:
+        raise ValueError(f"stored state handed out cluster ids up to {stored_next - 1} but the centers topic "
+                         f"holds ids only below {next_id}")
+    cluster_ids = (np.concatenate([b.cluster_ids for b in blocks]) if blocks else np.zeros(0, np.int64))
+    centers = np.concatenate([b.codes for b in blocks]) if blocks else np.zeros((0, n_words), np.uint64)
+    created = np.concatenate([b.created for b in blocks]) if blocks else np.zeros(0)
+    n_clusters = cluster_ids.shape[0]
     sizes, updated = np.zeros(n_clusters, np.int64), created.copy()
-    for block in _blocks(0, n_clusters):
+    for block in blocks_of(cluster_ids):
         raw = get(stats_key(block))
         if raw is None:
             continue  # clusters founded by a window whose state records never followed: size 0
-        value = msgpack.unpackb(raw)
-        first, block_sizes = value["first"], _array(value["sizes"], "int64")
-        rows = slice(first, min(first + block_sizes.shape[0], n_clusters))
-        sizes[rows] = block_sizes[:rows.stop - first]
-        updated[rows] = _array(value["updated"], "float64")[:rows.stop - first]
+        ids, block_sizes, block_updated = _decode_stats(raw)
+        rows = np.searchsorted(cluster_ids, ids)
+        held = rows < n_clusters
+        held[held] = cluster_ids[rows[held]] == ids[held]  # stats of a center retired since: dropped
+        sizes[rows[held]] = block_sizes[held]
+        updated[rows[held]] = block_updated[held]
     ids, lengths, pcodes, seen, first_window = [], [], [], [], []
     for chunk in range(meta["n_pending_chunks"] if meta is not None else 0):
         raw = get(pending_key(chunk))
@@ -276,8 +358,10 @@ def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], byt
     state = {name: (stored if name in FIXED_PARAMS or name == "random_state" else params).get(name, stored.get(name))
              for name in _PARAMS}
     state.update(
-        format_version=1,
+        format_version=2,
         n_windows=max(windows),
+        next_cluster_id=next_id,
+        cluster_ids=cluster_ids,
         centers=centers,
         sizes=sizes,
         created_ts=created,

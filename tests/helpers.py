@@ -27,3 +27,17 @@ def flip_bits(rng: np.random.Generator, codes: np.ndarray, p: float) -> np.ndarr
 
     bits = unpack_bits(codes)
     return pack_bits(bits ^ (rng.random(bits.shape) < p))
+
+
+def recurring_stream(n_windows: int, window: int, n_true: int, seed: int = 8, per_window: int = 10,
+                     flip: float = 0.08) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(ids, codes, truth)``: windows of photos of ``per_window`` true clusters each, drawn at
+    random from ``n_true``, so that centers go untouched for a while and true clusters come back
+    (for retiring centers)."""
+    from core.synth import planted_codes
+
+    rng = np.random.default_rng(seed)
+    _, _, true_centers = planted_codes(n_true, n_true, random_state=seed)
+    truth = np.concatenate([rng.choice(rng.choice(n_true, per_window, replace=False), window)
+                            for _ in range(n_windows)])
+    return [f"photo-{i}" for i in range(len(truth))], flip_bits(rng, true_centers[truth], flip), truth

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import flip_bits, recurring_stream
+
 from core.hamming import paired_distances
 from core.purity import purity
 from core.online import OnlineClusterer, Outcome, WindowResult
@@ -75,8 +77,9 @@ class Ledger:
         assert np.all(c.rows_of(r.retired) == -1)
         self.retired |= set(r.retired.tolist())
         assert not self.retired & set(c.cluster_ids_.tolist())
-        if c.max_centers_ is not None:
-            assert c.n_clusters_ <= c.max_centers_
+        if c.max_centers_ is not None:  # centers of this window are kept beyond it
+            assert c.n_clusters_ <= max(c.max_centers_, int(np.count_nonzero(c.updated_ts_ >= r.now)))
+            assert not np.isin(r.retired, r.cluster).any()
         joined = r.cluster[r.outcome == Outcome.JOINED]
         assert np.all(joined < first_new) and not self.retired & (set(joined.tolist()) - set(r.retired.tolist()))
         # Distances are the true distances to the reported (fixed) centers, within the radius. A
@@ -473,10 +476,7 @@ def test_every_item_gets_exactly_one_final_outcome(sizes, n_true, noise_fraction
 # -- retiring centers ------------------------------------------------------------------------------
 def near(center: np.ndarray, n: int, flip: float = 0.05, seed: int = 0) -> np.ndarray:
     """``n`` codes within a few bits of ``center``."""
-    rng = np.random.default_rng(seed)
-    bits = np.unpackbits(center.view(np.uint8))
-    flips = rng.random((n, bits.shape[0])) < flip
-    return np.packbits(bits[None, :] ^ flips, axis=1).view(np.uint64)
+    return flip_bits(np.random.default_rng(seed), np.repeat(center[None, :], n, axis=0), flip)
 
 
 def test_max_centers_retires_the_least_recently_joined_and_a_near_photo_founds_a_new_id():
@@ -518,18 +518,11 @@ def test_record_joins_to_a_retired_center_are_returned_not_counted():
         clusterer.record_joins(np.array([3]), np.array([1]), 6.0)
 
 
-def recurring_stream(n_windows: int, window: int, n_true: int, seed: int = 8):
-    """Windows of photos drawn from ``n_true`` recurring true clusters, so that a true cluster
-    whose center was retired comes back later."""
-    codes, truth, _ = planted_codes(n_windows * window, n_true, flip_prob=0.08, random_state=seed)
-    return [f"photo-{i}" for i in range(len(truth))], codes, truth
-
-
 def test_ids_are_never_reused_and_held_centers_stay_bounded_over_a_long_stream():
     ids, codes, truth = recurring_stream(n_windows=30, window=600, n_true=60)
-    clusterer = OnlineClusterer(window_size=600, min_cluster_size=5, max_centers=40, random_state=2)
+    clusterer = OnlineClusterer(window_size=600, min_cluster_size=5, max_centers=20, random_state=2)
     ledger = run_stream(clusterer, ids, codes, window=600)  # checks ids, retirement and bounds per window
-    assert len(ledger.retired) > 500 and clusterer.n_clusters_ == 40
+    assert len(ledger.retired) > 50 and clusterer.n_clusters_ == 20
     assert ledger.founded == list(range(clusterer.next_cluster_id_))
     assert len(ledger.center_of) > 0.9 * len(ledger.founded)  # most were held for a window at least
     # True clusters came back after their center was retired: they founded new ids.
@@ -572,21 +565,22 @@ def test_memory_stays_flat_with_max_centers_and_grows_without():
     """Traced (numpy) memory after 10 and after 40 windows that each found new clusters."""
     import tracemalloc
 
-    def traced_after(max_centers: int | None) -> tuple[int, int]:
+    def traced_after(max_centers: int | None, n_windows: int = 40) -> tuple[int, int]:
         clusterer = OnlineClusterer(window_size=1_000, min_cluster_size=5, max_centers=max_centers, random_state=1)
         marks = []
         tracemalloc.start()
         try:
-            for w in range(40):
+            for w in range(n_windows):
                 codes, _, _ = planted_codes(1_000, 50, flip_prob=0.05, random_state=100 + w)  # new clusters
                 clusterer.process([f"{w}-{i}" for i in range(1_000)], codes, now=float(w))
                 if w in (9, 39):
                     marks.append(tracemalloc.get_traced_memory()[0])
         finally:
             tracemalloc.stop()
-        return marks[0], marks[1]
+        return marks[0], marks[-1]
 
+    traced_after(max_centers=400, n_windows=10)  # compile every kernel first: Numba's memory is traced too
     early, late = traced_after(max_centers=400)
-    assert late <= 1.2 * early + 64 * 1024, (early, late)
+    assert late <= 1.25 * early, (early, late)
     early, late = traced_after(max_centers=None)  # the measure sees growth where there is some
     assert late > 2 * early, (early, late)

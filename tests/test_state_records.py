@@ -4,6 +4,7 @@ centers topic; cluster stats, pending pool and meta for the state topic; and the
 import msgpack
 import numpy as np
 import pytest
+from helpers import recurring_stream
 
 from core.online import OnlineClusterer
 from core.synth import planted_codes
@@ -29,16 +30,23 @@ class Topics:
         self.chunks = 0
 
     def write(self, clusterer: OnlineClusterer, result, positions=None) -> None:
-        if result.n_new_clusters:
-            self.centers.update(state.center_records(clusterer, result.n_clusters - result.n_new_clusters,
-                                                     result.window))
-        records = state.state_records(clusterer, result.touched_clusters, positions, self.chunks)
+        self.write_centers(clusterer, result)
+        records = state.state_records(clusterer, np.concatenate((result.touched_clusters, result.retired)),
+                                      positions, self.chunks)
         self.chunks = state.n_pending_chunks(records)
+        self._apply(self.state, records)
+
+    def write_centers(self, clusterer: OnlineClusterer, result) -> None:
+        self._apply(self.centers, state.center_records(
+            clusterer, np.concatenate((result.new_cluster_ids, result.retired)), result.window))
+
+    @staticmethod
+    def _apply(topic: dict, records) -> None:
         for key, value in records:
             if value is None:
-                self.state.pop(key, None)
+                topic.pop(key, None)
             else:
-                self.state[key] = value
+                topic[key] = value
 
     def restore(self, **params):
         return state.restore_clusterer(self.centers.values(), self.state.get, {**PARAMS, **params})
@@ -75,18 +83,24 @@ def test_center_blocks_are_the_public_format():
     live = _live()
     ids, codes = _windows(1)[0]
     result = live.process(ids, codes, now=7.0)
-    records = state.center_records(live, 0, result.window)
+    records = state.center_records(live, live.cluster_ids_, result.window)
     assert [key for key, _ in records] == [state.center_key(b) for b in range(len(records))]
     value = msgpack.unpackb(records[0][1])
-    assert set(value) == {"format", "n_bits", "first", "codes", "created", "window"}
+    assert set(value) == {"format", "n_bits", "first", "count", "rows", "codes", "created", "window"}
     n = min(live.n_clusters_, state.CENTER_BLOCK)
     codes0 = np.frombuffer(value["codes"], dtype="<u8").reshape(-1, 4)
     assert np.array_equal(codes0, live.centers_[:n]) and value["first"] == 0 and value["window"] == 0
     assert np.array_equal(np.frombuffer(value["created"], dtype="<f8"), np.full(n, 7.0))
-    first, block_codes, created, window = state.decode_center_block(records[0][1])
-    assert first == 0 and np.array_equal(block_codes, live.centers_[:n]) and window == 0
+    assert value["count"] == n and np.array_equal(np.frombuffer(value["rows"], dtype="<u2"), np.arange(n))
+    block = state.decode_center_block(records[0][1])
+    assert block.first == 0 and np.array_equal(block.codes, live.centers_[:n]) and block.window == 0
+    assert np.array_equal(block.cluster_ids, np.arange(n)) and block.count == n
     with pytest.raises(ValueError, match="not a center block"):
         state.decode_center_block(msgpack.packb({"format": 1}))
+    # Format 1, written before retirement: every row held.
+    old = state.decode_center_block(msgpack.packb({k: v for k, v in {**value, "format": 1}.items()
+                                                   if k not in ("count", "rows")}))
+    assert np.array_equal(old.cluster_ids, block.cluster_ids) and old.count == n
 
 
 def test_centers_without_their_window_state_are_kept():
@@ -102,7 +116,7 @@ def test_centers_without_their_window_state_are_kept():
     topics.write(live, live.process(ids_1, codes_1, now=1.0))
     result = live.process(ids_2, codes_2, now=2.0)
     assert result.n_new_clusters > 0
-    topics.centers.update(state.center_records(live, result.n_clusters - result.n_new_clusters, result.window))
+    topics.write_centers(live, result)
     restored, _ = topics.restore()
     assert restored.n_clusters_ == live.n_clusters_
     assert np.array_equal(restored.centers_, live.centers_)
@@ -116,14 +130,14 @@ def test_missing_records_are_named():
     ids, codes = _windows(1)[0]
     topics.write(live, live.process(ids, codes, now=1.0))
     del topics.centers[state.center_key(0)]
-    with pytest.raises(ValueError, match="names .* clusters but the centers topic holds 0"):
+    with pytest.raises(ValueError, match="handed out cluster ids up to .* but the centers topic holds ids only below 0"):
         topics.restore()
     topics = Topics()
     lonely = np.random.default_rng(0).integers(0, 1 << 63, (10, 4), dtype=np.uint64)  # too few to found
     topics.write(live, live.process([f"lonely-{i}" for i in range(10)], lonely, now=2.0))
     assert topics.state.get(state.pending_key(0)) is not None
     del topics.state[state.pending_key(0)]
-    topics.centers = dict(state.center_records(live, 0, 0))
+    topics.centers = dict(state.center_records(live, live.cluster_ids_, 0))
     with pytest.raises(ValueError, match=r"b'pending/0' is missing"):
         topics.restore()
 
@@ -151,3 +165,43 @@ def test_input_positions_travel_with_the_state():
     assert state.stored_input_positions(None) == {}
     topics.write(live, live.process(ids, codes, now=1.0), {("unjoined", 0): (250, 17)})
     assert state.stored_input_positions(topics.state[state.META_KEY]) == {("unjoined", 0): (250, 17)}
+
+
+def test_retired_centers_leave_both_topics_and_the_restore_continues_identically(monkeypatch):
+    """Retirement rewrites the blocks without the retired centers, tombstones a full block once all
+    of it is retired, and a restore (or a copy) from what compaction keeps is the live clusterer."""
+    from core.centers import CenterIndex
+
+    monkeypatch.setattr(state, "CENTER_BLOCK", 16)
+    ids, codes, _ = recurring_stream(8, 2000, 200, seed=6, per_window=40)
+    params = {**PARAMS, "max_centers": 60, "max_idle": None}
+    live, topics = OnlineClusterer(**params), Topics()
+    retired = []
+    for w in range(7):
+        result = live.process(ids[w * 2000:(w + 1) * 2000], codes[w * 2000:(w + 1) * 2000], now=float(w))
+        topics.write(live, result)
+        retired += result.retired.tolist()
+    assert len(retired) > 100 and live.next_cluster_id_ > live.n_clusters_ == 60
+    tombstoned = {block for block in range(live.next_cluster_id_ // 16) if state.center_key(block) not in topics.centers}
+    assert tombstoned and all(state.stats_key(block) not in topics.state for block in tombstoned)
+    restored, _ = topics.restore(max_centers=60)
+    for name in ("cluster_ids_", "centers_", "sizes_", "created_ts_", "updated_ts_"):
+        assert np.array_equal(getattr(restored, name), getattr(live, name)), name
+    assert restored.next_cluster_id_ == live.next_cluster_id_
+    a = live.process(ids[14000:], codes[14000:], now=7.0)
+    b = restored.process(ids[14000:], codes[14000:], now=7.0)
+    assert np.array_equal(a.cluster, b.cluster) and np.array_equal(a.retired, b.retired)
+    assert a.new_cluster_ids.size == 0 or a.new_cluster_ids[0] == live.next_cluster_id_ - a.n_new_clusters > max(retired)
+    # A copy read from the compacted topic, blocks in any order, holds exactly the held centers.
+    topics.write(live, a)
+    copy = CenterIndex(256)
+    records = list(topics.centers.items()) + [(state.center_key(block), None) for block in tombstoned]
+    for i in np.random.default_rng(0).permutation(len(records)):
+        copy.update([state.center_update(*records[i], 256)[0]])
+    assert np.array_equal(copy.cluster_ids_, live.cluster_ids_) and np.array_equal(copy.centers_, live.centers_)
+    # The figures a joiner answers: none for a retired cluster, the live ones for a held one.
+    get_center, get_state = topics.centers.get, topics.state.get
+    assert state.stored_cluster(retired[0], get_center, get_state) is None
+    held = int(live.cluster_ids_[-1])
+    figures = state.stored_cluster(held, get_center, get_state)
+    assert figures["size"] == live.sizes_[-1] and figures["updated_ts"] == live.updated_ts_[-1]

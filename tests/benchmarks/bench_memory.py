@@ -236,9 +236,12 @@ def job_centers(spec: dict) -> dict:
     queries = window_codes(rng, centers, spec["window"])
 
     def grow(n: int) -> CenterIndex:
+        # As the worker's centers reader applies them: up to 500 block records per update.
         index = CenterIndex(256)
-        for first in range(0, n, CENTER_BLOCK):
-            index.add_block(first, centers[first:min(first + CENTER_BLOCK, n)])
+        blocks = [(first, first + CENTER_BLOCK, np.arange(first, min(first + CENTER_BLOCK, n)),
+                   centers[first:min(first + CENTER_BLOCK, n)]) for first in range(0, n, CENTER_BLOCK)]
+        for start in range(0, len(blocks), 500):
+            index.update(blocks[start:start + 500])
         return index
 
     grow(5000).join(queries[:500], RADIUS)  # warm the same path

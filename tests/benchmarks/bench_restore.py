@@ -44,7 +44,7 @@ def fill_topics(settings: Settings, n_centers: int, seed: int) -> dict[str, floa
                          endpoint=True)
     now = time.time()
     clusterer.add_centers(codes, rng.integers(10, 100, n_centers), np.full(n_centers, now), np.full(n_centers, now))
-    centers = center_records(clusterer, 0, window=0)
+    centers = center_records(clusterer, clusterer.cluster_ids_, window=0)
     state = state_records(clusterer)
     producer = make_producer(settings, **{"linger.ms": 20})
     started = time.perf_counter()

@@ -380,11 +380,13 @@ def centers_history(settings: Settings, timeout: float = 60.0) -> dict[int, str]
         deadline = time.monotonic() + timeout
         while not reader.at_end() and time.monotonic() < deadline:
             for message in reader.poll(0.5):
-                first, codes, _, window = decode_center_block(message.value())
-                for row, code in enumerate(codes):
+                if message.value() is None:  # a tombstone: every center of the block retired
+                    continue
+                block = decode_center_block(message.value())
+                for cluster_id, code in zip(block.cluster_ids.tolist(), block.codes):
                     text = code.astype(">u8").tobytes().hex()
-                    if centers.setdefault(first + row, text) != text:
-                        conflicts.append(f"cluster {first + row}: {centers[first + row]} and, in window {window}, {text}")
+                    if centers.setdefault(cluster_id, text) != text:
+                        conflicts.append(f"cluster {cluster_id}: {centers[cluster_id]} and, in window {block.window}, {text}")
     finally:
         reader.close()
     assert not conflicts, f"{len(conflicts)} cluster ids with two centers, e.g. {conflicts[:3]}"

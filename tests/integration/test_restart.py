@@ -197,7 +197,7 @@ def test_changed_settings_are_applied_after_a_restart(settings_factory, worker_f
 
 
 def test_a_corrupted_state_record_makes_the_worker_exit(settings_factory, worker_factory):
-    """A meta record that names clusters whose records are missing: the restore fails, and the
+    """A meta record that handed out cluster ids whose center blocks are missing: the restore fails, and the
     worker exits non-zero with the reason, instead of serving /health without clustering."""
     import msgpack
 
@@ -207,7 +207,7 @@ def test_a_corrupted_state_record_makes_the_worker_exit(settings_factory, worker
     settings = settings_factory(restore_timeout_s=60.0)
     clusterer = OnlineClusterer(n_bits=256, window_size=105_000, random_state=0)
     meta = msgpack.unpackb(state_records(clusterer)[-1][1])
-    meta["n_clusters"] = 5000  # but no center block is stored
+    meta["n_clusters"] = meta["next_cluster_id"] = 5000  # but no center block is stored
     from streams.kafka_io import ensure_topics
 
     ensure_topics(settings)
@@ -215,4 +215,4 @@ def test_a_corrupted_state_record_makes_the_worker_exit(settings_factory, worker
     worker = worker_factory(settings, name="corrupt", wait=False)
     assert worker.proc.wait(READY_TIMEOUT_S + 60) != 0, worker.log_tail()
     log = worker.log_path.read_text()
-    assert "event=restore_failed" in log and "names 5000 clusters but the centers topic holds 0" in log, worker.log_tail()
+    assert "event=restore_failed" in log and "handed out cluster ids up to 4999 but the centers topic holds ids only below 0" in log, worker.log_tail()
