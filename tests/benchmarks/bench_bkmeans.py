@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the checkout's core/, also without `pip install -e .`
 
+from report import fill_defaults  # noqa: E402  (tests/benchmarks is this script's directory)
+
 RESULT_TAG = "@@BKMEANS_BENCH_RESULT "
 SUBSET_SEED = 12345  # which baseline-n points the subset baselines (brute, faiss-flat) use
 DATA_SEED = 0  # planted_codes(..., random_state=DATA_SEED)
@@ -408,10 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.worker:
         return args
-    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     problems = []
     if not 1 <= args.k <= args.n:
         problems.append(f"--k {args.k} must be between 1 and --n {args.n}")

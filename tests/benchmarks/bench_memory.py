@@ -485,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    from report import fill_defaults, save_report  # noqa: E402  (tests/benchmarks is this script's directory)
+
+    fill_defaults(args, QUICK if args.quick else FULL)
 
     extra_env = dict(item.split("=", 1) for item in args.env)
     versions = []
@@ -512,8 +512,6 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{job} {rep + 1}/{repeats}] {label}: {shown}")
     summaries = [summarise(label, runs[label], args.centers) for label, _ in versions]
     print_table(summaries, args)
-    from report import save_report  # noqa: E402  (tests/benchmarks is this script's directory)
-
     save_report(args.out, "memory", dict(
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         args={k: v for k, v in vars(args).items() if k != "worker"},

@@ -64,6 +64,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the checkout's core/ and streams/, also without `pip install -e .`
 
+from report import fill_defaults  # noqa: E402  (tests/benchmarks is this script's directory)
+
 MB = float(1 << 20)  # MB in this file means MiB (2**20 bytes), as in bench_bkmeans.py
 PAGE = os.sysconf("SC_PAGE_SIZE")
 T0 = 1_800_000_000.0  # ``now`` of window 0 (core mode); window w is at T0 + 60 w
@@ -804,9 +806,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = dict(WORKER_DEFAULTS if args.worker else CORE_DEFAULTS)
     if args.quick:
         defaults = dict(window=20_000, windows=8)
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     if args.pending_capacity is None:
         args.pending_capacity = args.window // 4
     problems = []

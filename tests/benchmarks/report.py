@@ -1,4 +1,5 @@
-"""Where a benchmark script saves its report: ``<out>/<prefix>_<UTC timestamp>.json``."""
+"""Where a benchmark script saves its report: ``<out>/<prefix>_<UTC timestamp>.json``; and the sizes
+(full or ``--quick``) of options not given on the command line."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def save_report(out: str | Path, prefix: str, report: dict[str, Any]) -> Path:
     path.write_text(json.dumps(report, indent=2))
     print(f"saved {path}")
     return path
+
+
+def fill_defaults(args: Any, defaults: dict[str, Any]) -> None:
+    """Set each option named in ``defaults`` that the command line left at None (sizes whose default
+    depends on ``--quick`` or a mode, so that an explicit flag still wins)."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
