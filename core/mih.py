@@ -8,8 +8,9 @@ query within ``s`` bits in at least one substring, so probing every table out to
 settles every such item; the search grows ``s`` until the nearest candidate is settled.
 
 Items added after the tables were built are scanned directly until they make up a fixed fraction
-of the index; then the tables are rebuilt (a counting sort, linear time), so adding one window of
-centers at a time costs amortised linear time and every answer stays exact.
+of the index, or until scanning them has cost about what rebuilding would; then the tables are
+rebuilt (a counting sort, linear time), so adding one window of centers at a time costs amortised
+linear time, many searches never pay for a long scan, and every answer stays exact.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ OFFSET_WIDTHS = ((np.uint8, 6), (np.uint16, 8))
 UNLIMITED = np.iinfo(np.int64).max
 MAX_ITEMS = 2**31 - 1  # item ids are stored as int32
 GROWTH = 1.25  # the code buffer grows by this factor: at most 25 % spare capacity, amortised copies
+# Rebuilding the tables costs about 300 ns per item here, scanning an untabled item for one query
+# 0.5-1.4 ns: once the searches since the last build have scanned this many (query, untabled item)
+# pairs per item, they have cost about a rebuild, and the next search rebuilds first. Without it a
+# window of 100k queries scanned up to 12.5 % of 400k centers one by one: 14 s instead of 2 s
+# (tests/benchmarks/bench_retention.py, retention off).
+SCAN_PAIRS_PER_ITEM = 256
 
 
 def auto_n_substrings(n_bits: int, n_items: int) -> int:
@@ -134,6 +141,7 @@ class MultiIndexHash:
         _kernels.build_tables(codes, self._sub_word, self._sub_shift, lengths, self._table_base, block_shift,
                               self._block_start, self._bucket_offset, self._items)
         self._n_tabled = n
+        self._scanned_pairs = 0
         self.n_substrings_ = m
 
     def _offset_layout(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[type, int]:
@@ -152,6 +160,15 @@ class MultiIndexHash:
         compact CSR tables and how many items they hold."""
         return (self._sub_word, self._sub_shift, self._sub_len, self._table_base, self._block_start,
                 self._bucket_offset, self._block_shift, self._items, self._n_tabled)
+
+    def _before_search(self, n_queries: int) -> None:
+        """Rebuild first if scanning the untabled items for these queries would bring the scans
+        since the last build beyond the cost of a rebuild (see :data:`SCAN_PAIRS_PER_ITEM`)."""
+        untabled = self.n_items_ - self._n_tabled
+        if untabled:
+            self._scanned_pairs += n_queries * untabled
+            if self._scanned_pairs > SCAN_PAIRS_PER_ITEM * self.n_items_:
+                self._build()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):
@@ -182,6 +199,7 @@ class MultiIndexHash:
         lower = np.full(n, _kernels.FAR, dtype=np.int32)
         resolved = np.ones(n, dtype=np.bool_)
         if rows.shape[0] and self.n_items_:
+            self._before_search(rows.shape[0])
             _kernels.mih_nearest(
                 queries, rows, self._buffer[: self.n_items_], *self._tables(),
                 int(max_distance), int(probe_budget), labels, best, lower, resolved,
@@ -233,6 +251,7 @@ class MultiIndexHash:
         no_dist = np.empty(0, dtype=np.int32)
         if n == 0 or self.n_items_ == 0:
             return offsets, no_idx, no_dist
+        self._before_search(n)
         args = (queries, self._buffer[: self.n_items_], *self._tables(), radius, offsets)
         _kernels.mih_range(*args, no_idx, no_dist, False)
         np.cumsum(offsets, out=offsets)

@@ -78,6 +78,24 @@ def test_add_keeps_answers_exact(n_bits):
     assert np.array_equal(index.codes_, items)
 
 
+def test_searches_that_scanned_a_rebuild_worth_of_untabled_items_rebuild_first():
+    from core.mih import SCAN_PAIRS_PER_ITEM
+
+    rng = np.random.default_rng(4)
+    items, queries = _clustered(rng, 4200, 400, 256, 0.1)
+    index = MultiIndexHash().fit(items[:4000])
+    index.add(items[4000:])  # 200 items: below the rebuild fraction, so they are scanned
+    assert index._n_tabled == 4000
+    per_search = len(queries) * 200
+    searches = SCAN_PAIRS_PER_ITEM * 4200 // per_search  # the last search that still scans
+    for _ in range(searches):
+        _check_nearest(index, items, queries)
+    assert index._n_tabled == 4000
+    _check_range(index, items, queries, 40)  # one more: the scans would pass a rebuild's cost
+    assert index._n_tabled == 4200
+    _check_nearest(index, items, queries)
+
+
 def test_adversarial_all_equal_and_far():
     zeros = np.zeros((50, 4), np.uint64)
     index = MultiIndexHash().fit(zeros)
