@@ -161,6 +161,8 @@ def _restored_clusterer(n_centers: int, seed: int):
         sizes=rng.integers(10, 1000, n_centers).astype(np.int64),
         created_ts=now + rng.random(n_centers) * 1e6,
         updated_ts=now + 1e6 + rng.random(n_centers) * 1e6,
+        cluster_ids=np.arange(n_centers, dtype=np.int64),  # read by core/ from state format 2 on
+        next_cluster_id=n_centers,
     )
     return state, rng
 
@@ -200,7 +202,8 @@ def job_online(spec: dict) -> dict:
     state, rng = _restored_clusterer(spec["centers"], spec["seed"])
     window = window_codes(rng, state["centers"], spec["window"])
     ids = [f"p{i}" for i in range(window.shape[0])]
-    small = dict(state, **{key: state[key][:5000] for key in ("centers", "sizes", "created_ts", "updated_ts")})
+    small = dict(state, next_cluster_id=5000,
+                 **{key: state[key][:5000] for key in ("centers", "sizes", "created_ts", "updated_ts", "cluster_ids")})
     OnlineClusterer.from_state(small).process(ids[:500], window[:500], now=1.8e9)  # warm the same path
     del small
     return measure_rss(lambda: OnlineClusterer.from_state(state),
