@@ -383,10 +383,11 @@ def _ssl_context(settings: Settings) -> Any:
 # glibc serves allocations below its mmap threshold from the heap, and raises that threshold (up to
 # 32 MiB) each time a large block is freed: the arrays the clusterer and the copy of the centers
 # regrow window after window then come from the heap and leave holes it never returns. A fixed
-# threshold keeps every array above it in its own mapping, returned to the system when freed:
-# 120 instead of 152 MB of RSS per million centers for a clusterer grown window by window
-# (tests/benchmarks/bench_memory.py with MALLOC_MMAP_THRESHOLD_=131072, the same setting).
-MMAP_THRESHOLD_BYTES = 128 * 1024
+# threshold keeps every array above it in its own mapping, returned to the system when freed.
+# tests/benchmarks/bench_memory.py, RSS per million centers of a clusterer grown window by window:
+# 201 MB by default, 123 with a 4 MiB threshold, 124 with 128 KiB; 4 MiB leaves the join and
+# Bk-means times as they were (128 KiB made them 1.1x slower: every temporary array was mapped anew).
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
