@@ -1,5 +1,6 @@
 """Profile the per-event path with py-spy: a bare Faust agent, and the photoclust worker, each taking
-a backlog of single-photo events. A script, not a pytest test.
+a backlog of single-photo events (or, for the worker, batch events: ``--batch-size``). A script, not
+a pytest test.
 
 For each target, N single events are produced to a fresh topic first; the process is started, and
 py-spy attaches to it once it has begun to take events (so that imports and the group join stay out
@@ -9,7 +10,14 @@ of the profile) and samples until it has taken all N:
   it has begun once its group has committed an offset.
 * worker : ``python -m streams worker`` (bench_stream.py's settings: 6 input partitions,
   ``pending_idle_s=0``, windows of ``--window``); it has begun once /stats counts an event, and it
-  is done once every photo was taken and every forwarded photo clustered.
+  is done once every photo was taken and every forwarded photo clustered. With ``--batch-size B``
+  (0: single events) the ``--events`` photos go out in batch events of B rows, made by
+  bench_stream.py's own producer.
+
+``--threads all`` samples every thread that is not idle (py-spy without ``--gil``) instead of the GIL
+holder only: whether the join thread, the publish thread, the found stage's thread and the event
+loop run at once. Either way, the CPU seconds each OS thread of the worker used while profiled
+(``/proc/<pid>/task/*/stat``) go to ``<target>.threads_cpu.txt`` and ``profile.json``.
 
 Written to ``--out`` (default ``tests/benchmarks/results/profile_<UTC timestamp>/``), per target:
 ``<target>.raw.txt`` (py-spy's folded stacks, ``-F -t --gil``: aggregated by function, with thread
@@ -18,6 +26,8 @@ and total time per function, top 25, and self time by module), plus ``profile.js
 
 Usage:
     python tests/benchmarks/profile_perevent.py [--targets ceiling worker] [--events 100000]
+    python tests/benchmarks/profile_perevent.py --targets worker --events 1000000 --batch-size 500 \
+        --window 100000 [--threads all]
     python tests/benchmarks/profile_perevent.py render X.raw.txt     # SVG and table of a raw file
 Broker: ``KAFKA_BOOTSTRAP_SERVERS`` or 127.0.0.1:19092.
 """
@@ -175,20 +185,57 @@ def render(raw: Path, title: str | None = None) -> tuple[Path, Path]:
 # -- runs --------------------------------------------------------------------------------------------
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of each OS thread of ``pid``, with its name (comm)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name, from ``py-spy dump`` (Python 3.11 names no OS thread)."""
+    try:
+        out = subprocess.run([PY_SPY, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \(\w+\): "(.*)"$', out, re.M)}
+
+
 class Spy:
     """py-spy attached to a pid; stopped with SIGINT (it then writes its file)."""
 
-    def __init__(self, pid: int, raw: Path, rate: int) -> None:
+    def __init__(self, pid: int, raw: Path, rate: int, gil: bool = True) -> None:
         self.raw = raw
         # --gil: only samples of the thread holding the GIL, i.e. Python CPU time; py-spy's idle
         # detection misses threads blocked in queue.get() or epoll, which would swamp the table.
-        self.proc = subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "-F", "-t", "--gil", "-f", "raw",
-                                      "-r", str(rate), "-o", str(raw)],
+        # Without it (--threads all), every thread py-spy does not find idle, GIL or not.
+        self.proc = subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "-F", "-t", *(["--gil"] if gil else []),
+                                      "-f", "raw", "-r", str(rate), "-o", str(raw)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.started = time.perf_counter()
+        self.cpu_before = thread_cpu(pid)
+        self.pid = pid
+        self.cpu_used: dict[str, float] = {}
 
     def stop(self) -> float:
         seconds = time.perf_counter() - self.started
+        after = thread_cpu(self.pid)
+        names = python_thread_names(self.pid)  # OS threads not named here are librdkafka's, RocksDB's, Numba's
+        used: Counter[str] = Counter()
+        for tid, (name, cpu) in after.items():
+            used[f"{names.get(tid, name)} ({tid})"] = round(cpu - self.cpu_before.get(tid, (name, 0.0))[1], 2)
+        self.cpu_used = {k: v for k, v in used.most_common() if v > 0}
+        self.cpu_used["_total"] = round(sum(v for k, v in self.cpu_used.items()), 2)
+        self.cpu_used["_wall"] = round(seconds, 2)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=60)
@@ -218,7 +265,7 @@ def profile_ceiling(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             committed = probe.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
             time.sleep(0.2)
         log(f"[ceiling] agent began (committed offset {committed:,}); attaching py-spy")
-        spy = Spy(proc.pid, out / "ceiling.raw.txt", args.rate)
+        spy = Spy(proc.pid, out / "ceiling.raw.txt", args.rate, gil=args.threads == "gil")
         output, _ = proc.communicate(timeout=args.timeout)
         seconds = spy.stop()
     finally:
@@ -242,8 +289,9 @@ def profile_worker(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     workdir = REPO / "out" / "profile_perevent"  # the worker's data dir and log, not kept with the results
     bench_args = argparse.Namespace(bootstrap=BOOTSTRAP, workdir=str(workdir), seed=7, backlog_max_wait_s=60.0)
     ids, hashes = planted(args.events, 0.1, 7)
-    log(f"[worker] producing {args.events:,} single events")
-    settings, produced = backlog_topic(bench_args, "profile", args.window, ids, hashes, 0)
+    what = f"batch events of {args.batch_size}" if args.batch_size else "single events"
+    log(f"[worker] producing {args.events:,} photos in {what}")
+    settings, produced = backlog_topic(bench_args, "profile", args.window, ids, hashes, args.batch_size)
     worker = ks.WorkerProcess("profile", settings, workdir / f"{settings.app_id}.worker.log")
     spy = None
     try:
@@ -256,9 +304,9 @@ def profile_worker(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise RuntimeError(f"worker took no event\n{worker.log_tail()}")
             stats = worker.stats() or {}
             time.sleep(0.05)
-        first = stats["events_in"]
+        first, first_photos = stats["events_in"], stats.get("photos_in", 0)
         log(f"[worker] began ({first:,} events taken); attaching py-spy to pid {worker.proc.pid}")
-        spy = Spy(worker.proc.pid, out / "worker.raw.txt", args.rate)
+        spy = Spy(worker.proc.pid, out / "worker.raw.txt", args.rate, gil=args.threads == "gil")
         t0 = time.perf_counter()
         deadline = time.monotonic() + args.timeout
         while True:
@@ -273,14 +321,20 @@ def profile_worker(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             time.sleep(0.1)
         seconds = time.perf_counter() - t0
         spy.stop()
+        thread_cpu_used = spy.cpu_used
         spy = None
     finally:
         if spy is not None:
             spy.stop()
         worker.stop()
-    return {"input_topic": settings.input_topic, "worker_log": str(worker.log_path), "events": args.events, "window": args.window,
+    (out / "worker.threads_cpu.txt").write_text(
+        "CPU seconds per OS thread of the worker while profiled (/proc/<pid>/task/*/stat)\n"
+        + "".join(f"  {v:>8.2f}  {k}\n" for k, v in thread_cpu_used.items()))
+    return {"input_topic": settings.input_topic, "worker_log": str(worker.log_path), "photos": args.events,
+            "batch_size": args.batch_size, "window": args.window, "thread_cpu_s": thread_cpu_used,
             "partitions": settings.partitions, "produce": produced, "events_before_attach": first,
-            "profiled_s": round(seconds, 2), "photos_per_s_while_profiled": round((args.events - first) / seconds, 1),
+            "photos_before_attach": first_photos, "profiled_s": round(seconds, 2),
+            "photos_per_s_while_profiled": round((args.events - first_photos) / seconds, 1),
             "join": stats.get("join"), "found_cpu_seconds": stats.get("found", {}).get("cpu_seconds")}
 
 
@@ -293,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", nargs="+", choices=["ceiling", "worker"], default=["ceiling", "worker"])
-    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=100_000, help="photos (the worker: in --batch-size events)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="worker: rows per batch event (bench_stream.py's batch events); 0: single events")
+    ap.add_argument("--threads", choices=["gil", "all"], default="gil",
+                    help="gil: the thread holding the GIL only (py-spy --gil); all: every thread not idle")
     ap.add_argument("--window", type=int, default=20_000, help="the worker's window size")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--timeout", type=float, default=900.0)
@@ -310,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets:
         run = profile_ceiling if target == "ceiling" else profile_worker
         report["runs"][target] = run(args, out)
-        svg, txt = render(out / f"{target}.raw.txt", f"{target}: {args.events:,} single events")
+        what = (f"{args.events:,} photos in batch events of {args.batch_size}" if args.batch_size and target == "worker"
+                else f"{args.events:,} single events")
+        svg, txt = render(out / f"{target}.raw.txt", f"{target}: {what}, threads: {args.threads}")
         log(f"[{target}] {report['runs'][target]}\n  {svg}\n  {txt}")
     report["loadavg_after"] = os.getloadavg()
     (out / "profile.json").write_text(json.dumps(report, indent=2, default=str))
