@@ -22,7 +22,16 @@ import numpy as np
 from core.codes import from_bytes
 from core.online import Outcome
 
-from .codecs import JOINS_KEY, PHOTOS_KEY, PhotoDecoder, encode_assignments, encode_forwarded, encode_joins
+from .codecs import (
+    FORWARD_CHUNK_BYTES,
+    FORWARD_CHUNK_ROWS,
+    JOINS_KEY,
+    PHOTOS_KEY,
+    PhotoDecoder,
+    encode_assignments,
+    encode_forwarded,
+    encode_joins,
+)
 from .commit import CommitSequence, Record
 from .config import Settings
 from .crash import crash_worker
@@ -40,6 +49,16 @@ class _Batch:
     ids: list[str] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     ts_in: list[float] = field(default_factory=list)
+    # Batch events whose value can be forwarded as it is if none of their photos joins:
+    # (first row, end row, value), in row order.
+    whole: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+
+def _forwardable(value: bytes, decoded: Any) -> bool:
+    """An input batch event the found stage may take as it is: no bad row, a ts in every row (the
+    found stage needs each photo's ts_in), and within a forwarded event's bounds."""
+    return (not decoded.errors and len(decoded.ids) <= FORWARD_CHUNK_ROWS and len(value) <= FORWARD_CHUNK_BYTES
+            and None not in decoded.ts)
 
 
 class JoinStage:
@@ -137,10 +156,15 @@ class JoinStage:
                 batch.hashes.append(decoded.hashes[0])
                 batch.ts_in.append(ts if ts is not None else message.timestamp or time.time())
             elif ids:
-                default_ts = message.timestamp or time.time()
+                if _forwardable(message.value, decoded):
+                    start = len(batch.ids)
+                    batch.whole.append((start, start + len(ids), message.value))
+                    batch.ts_in.extend(decoded.ts)
+                else:
+                    default_ts = message.timestamp or time.time()
+                    batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
                 batch.ids.extend(ids)
                 batch.hashes.extend(decoded.hashes)
-                batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
         return list(batches.values())
 
     async def _join_and_commit(self) -> None:
@@ -155,7 +179,7 @@ class JoinStage:
                 n_joined = 0
                 if batch.ids:
                     outputs, forwards, n_joined = await loop.run_in_executor(
-                        self._executor, self._join, batch.ids, batch.hashes, batch.ts_in)
+                        self._executor, self._join, batch.ids, batch.hashes, batch.ts_in, batch.whole)
                 await self.commit.commit([(s.dlq_topic, batch.dead.records), (s.output_topic, outputs),
                                           (s.unjoined_topic, forwards)], batch.messages, s.input_topic)
             except Exception as e:
@@ -169,15 +193,17 @@ class JoinStage:
             counters["forwarded"] += len(batch.ids) - n_joined
             batch.dead.count_into(counters)
 
-    def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
+    def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float],
+              whole: list[tuple[int, int, bytes]] = ()) -> tuple[list[Record], list[Record], int]:
         """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""
         started = time.thread_time()
         try:
-            return self._join_codes(ids, hashes, ts_in)
+            return self._join_codes(ids, hashes, ts_in, whole)
         finally:
             self.counters["cpu_seconds"] += time.thread_time() - started
 
-    def _join_codes(self, ids: list[str], hashes: list[bytes], ts_in: list[float]) -> tuple[list[Record], list[Record], int]:
+    def _join_codes(self, ids: list[str], hashes: list[bytes], ts_in: list[float],
+                    whole: list[tuple[int, int, bytes]] = ()) -> tuple[list[Record], list[Record], int]:
         codes = from_bytes(hashes, self.settings.n_bits)
         labels, distances, windows_seen = self.replica.join(codes, self.settings.radius)
         joined = np.flatnonzero(labels >= 0)
@@ -192,7 +218,22 @@ class JoinStage:
             outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(joined_ids, values)]
             clusters, counts = np.unique(labels[joined], return_counts=True)
             forwards.append((JOINS_KEY, encode_joins(clusters, counts, now)))
-        rest = np.flatnonzero(labels < 0).tolist()
-        forwards += [(PHOTOS_KEY, value) for value in encode_forwarded(
-            [ids[i] for i in rest], [hashes[i] for i in rest], [ts_in[i] for i in rest])]
+        unjoined = labels < 0
+        if whole and joined.shape[0]:
+            # Only events none of whose photos joined go on as they are.
+            joined_before = np.concatenate(([0], np.cumsum(~unjoined)))
+            whole = [w for w in whole if joined_before[w[1]] == joined_before[w[0]]]
+        # The forwarded photos in row order (the found stage fills its windows in that order): an
+        # input event none of whose photos joined is forwarded as it is, since re-encoding its rows
+        # would give the found stage, whose decoder is the same, the same rows; the other photos
+        # are encoded into forwarded events.
+        position = 0
+        for start, end, value in [*whole, (len(ids), len(ids), None)]:
+            rest = (np.flatnonzero(unjoined[position:start]) + position).tolist()
+            if rest:
+                forwards += [(PHOTOS_KEY, event) for event in encode_forwarded(
+                    [ids[i] for i in rest], [hashes[i] for i in rest], [ts_in[i] for i in rest])]
+            if value is not None:
+                forwards.append((PHOTOS_KEY, value))
+            position = end
         return outputs, forwards, int(joined.shape[0])
