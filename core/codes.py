@@ -92,9 +92,16 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     return from_uint8(np.packbits(bits.astype(np.uint8, copy=False), axis=1))
 
 
+_BYTES_ONLY = frozenset((bytes,))
+
+
 def from_bytes(items: Sequence[bytes], n_bits: int = DEFAULT_BITS) -> np.ndarray:
     """A sequence of raw ``n_bits/8``-byte hashes to codes; the error names the first bad row."""
     n_bytes = check_n_bits(n_bits) // 8
+    if set(map(type, items)) <= _BYTES_ONLY and set(map(len, items)) <= {n_bytes}:
+        # The common case, checked with C-level passes: all bytes of the right length.
+        buffer = np.frombuffer(b"".join(items), dtype=np.uint8)
+        return from_uint8(buffer.reshape(len(items), n_bytes))
     for row, item in enumerate(items):
         if not isinstance(item, (bytes, bytearray, memoryview)):
             raise TypeError(f"row {row}: hash must be bytes, got {type(item).__name__}")
