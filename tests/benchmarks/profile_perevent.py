@@ -110,7 +110,8 @@ def table(stacks: list[tuple[list[str], int]], top: int = 25) -> str:
     def pct(n: int) -> str:
         return f"{100.0 * n / total:6.1f}%"
 
-    lines = [f"samples: {total} (py-spy --gil: the thread holding the GIL, about Python CPU time)", "",
+    lines = [f"samples: {total} (py-spy --gil: the thread holding the GIL, about Python CPU time; with --threads"
+             " all: every thread py-spy does not find idle, which counts threads waiting in a queue or epoll)", "",
              "samples per thread:"]
     lines += [f"  {pct(n)} {n:>7}  {name}" for name, n in threads.most_common()]
     lines += ["", f"top {top} functions by self time:", f"  {'self':>7} {'total':>7}  function (file:first line)"]
