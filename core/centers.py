@@ -23,6 +23,16 @@ from .mih import MultiIndexHash
 NO_CLUSTER = -1
 
 
+def rows_of(held_ids: np.ndarray, cluster_ids: np.ndarray) -> np.ndarray:
+    """The position of each of ``cluster_ids`` in the ascending ``held_ids``, -1 where it is not
+    held (retired, or never founded)."""
+    cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+    rows = np.searchsorted(held_ids, cluster_ids)
+    held = rows < held_ids.shape[0]
+    held[held] = held_ids[rows[held]] == cluster_ids[held]
+    return np.where(held, rows, -1)
+
+
 def join_within(index: MultiIndexHash, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Nearest indexed center within ``radius`` of every code: ``(labels, distances)``, -1 / -1 where
     there is none; ties go to the lowest center id.
@@ -109,9 +119,10 @@ class CenterIndex:
             if lo < hi:
                 raise ValueError(f"blocks [.., {hi}) and [{lo}, ..) overlap")
         held = self._ids
-        appended, dropped, in_order = [], 0, True
+        appended, spans, dropped, in_order = [], [], 0, True
         for lo, hi, ids, codes in ordered:
             a, b = np.searchsorted(held, [lo, hi])
+            spans.append((a, b))
             both, mine, theirs = np.intersect1d(held[a:b], ids, assume_unique=True, return_indices=True)
             if both.shape[0] and not np.array_equal(self._index.codes_[a + mine], codes[theirs]):
                 bad = int(both[np.flatnonzero(np.any(self._index.codes_[a + mine] != codes[theirs], axis=1))[0]])
@@ -130,8 +141,8 @@ class CenterIndex:
                 self._ids = np.concatenate([held] + [ids for ids, _ in appended])
             return added, 0
         keep = np.ones(held.shape[0], dtype=np.bool_)
-        for lo, hi, _, _ in ordered:
-            keep[np.searchsorted(held, lo):np.searchsorted(held, hi)] = False
+        for a, b in spans:  # the held rows of every block applied: replaced by the block's rows
+            keep[a:b] = False
         ids = np.concatenate([held[keep]] + [block[2] for block in ordered])
         codes = np.concatenate([self._index.codes_[keep]] + [block[3] for block in ordered])
         order = np.argsort(ids, kind="stable")

@@ -53,7 +53,7 @@ import numpy as np
 
 from ._validation import check_int, check_real
 from .bkmeans import BKMeans
-from .centers import NO_CLUSTER, join_within
+from .centers import NO_CLUSTER, join_within, rows_of
 from .codes import DEFAULT_BITS, check_codes, check_n_bits
 from .hamming import paired_distances
 from .mih import MultiIndexHash
@@ -363,11 +363,7 @@ class OnlineClusterer:
         """The row of each cluster id in ``centers_`` and the other arrays, -1 where the center is
         not held (retired, or never founded)."""
         self._ready()
-        cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
-        rows = np.searchsorted(self._ids, cluster_ids)
-        held = rows < self._ids.shape[0]
-        held[held] = self._ids[rows[held]] == cluster_ids[held]
-        return np.where(held, rows, -1)
+        return rows_of(self._ids, cluster_ids)
 
     @property
     def n_pending_(self) -> int:

@@ -26,13 +26,14 @@ maps holding little-endian numpy buffers; a value of ``None`` (a tombstone) dele
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from core.centers import rows_of
 from core.online import OnlineClusterer
 
 CENTER_BLOCK = 1024
@@ -87,15 +88,18 @@ def blocks_of(cluster_ids: np.ndarray) -> list[int]:
     return np.unique(np.asarray(cluster_ids, dtype=np.int64) // CENTER_BLOCK).tolist()
 
 
-def _held_rows(clusterer: OnlineClusterer, block: int) -> slice:
-    """The clusterer's rows of the held centers of ``block`` (ids ascend with the rows)."""
-    lo, hi = np.searchsorted(clusterer.cluster_ids_, [block * CENTER_BLOCK, (block + 1) * CENTER_BLOCK])
-    return slice(int(lo), int(hi))
-
-
-def _tombstoned(clusterer: OnlineClusterer, block: int, rows: slice) -> bool:
-    """A full block with no held center, below the newest block, is deleted from both topics."""
-    return rows.start == rows.stop and (block + 1) * CENTER_BLOCK <= clusterer.next_cluster_id_ - 1
+def _held_blocks(clusterer: OnlineClusterer, cluster_ids: np.ndarray) -> Iterator[tuple[int, slice | None, np.ndarray]]:
+    """For each block holding ``cluster_ids``: ``(block, rows, offsets)``, ``rows`` the clusterer's
+    rows of the block's held centers (ids ascend with the rows) and ``offsets`` their ids less the
+    block's first id, as the records store them; ``rows`` is None for a block to delete from both
+    topics: a full block with no held center, below the newest block (whose ``count`` tells the
+    next id, so it is never deleted)."""
+    held_ids = clusterer.cluster_ids_
+    for block in blocks_of(cluster_ids):
+        first = block * CENTER_BLOCK
+        lo, hi = (int(bound) for bound in np.searchsorted(held_ids, [first, first + CENTER_BLOCK]))
+        deleted = lo == hi and first + CENTER_BLOCK <= clusterer.next_cluster_id_ - 1
+        yield block, None if deleted else slice(lo, hi), (held_ids[lo:hi] - first).astype("<u2")
 
 
 # -- the centers topic ------------------------------------------------------------------------------
@@ -122,16 +126,11 @@ def center_records(clusterer: OnlineClusterer, cluster_ids: np.ndarray, window: 
     whole: its held centers, or a tombstone once it is full and all of it retired."""
     centers, created = clusterer.centers_, clusterer.created_ts_
     records: list[Record] = []
-    for block in blocks_of(cluster_ids):
-        rows = _held_rows(clusterer, block)
-        if _tombstoned(clusterer, block, rows):
-            records.append((center_key(block), None))
-            continue
+    for block, rows, offsets in _held_blocks(clusterer, cluster_ids):
         first = block * CENTER_BLOCK
-        records.append((center_key(block), _pack(
+        records.append((center_key(block), None if rows is None else _pack(
             format=CENTERS_FORMAT, n_bits=clusterer.n_bits_, first=first, window=int(window),
-            count=min(clusterer.next_cluster_id_ - first, CENTER_BLOCK),
-            rows=(clusterer.cluster_ids_[rows] - first).astype("<u2"),
+            count=min(clusterer.next_cluster_id_ - first, CENTER_BLOCK), rows=offsets,
             codes=centers[rows].astype("<u8"), created=created[rows].astype("<f8"))))
     return records
 
@@ -187,18 +186,14 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     ``input_positions`` maps (topic, partition) to the next (offset, row) the state does not reflect;
     a restarted found stage skips what comes before instead of clustering it twice.
     """
-    sizes, updated, cluster_ids = clusterer.sizes_, clusterer.updated_ts_, clusterer.cluster_ids_
+    sizes, updated = clusterer.sizes_, clusterer.updated_ts_
     state = clusterer.export_state(include_centers=False)
     n_clusters = sizes.shape[0]
     records: list[Record] = []
-    for block in blocks_of(cluster_ids if touched is None else touched):
-        rows = _held_rows(clusterer, block)
-        if _tombstoned(clusterer, block, rows):
-            records.append((stats_key(block), None))
-            continue
-        first = block * CENTER_BLOCK
-        records.append((stats_key(block), _pack(first=first, rows=(cluster_ids[rows] - first).astype("<u2"),
-                                                sizes=sizes[rows].astype("<i8"), updated=updated[rows].astype("<f8"))))
+    for block, rows, offsets in _held_blocks(clusterer, clusterer.cluster_ids_ if touched is None else touched):
+        records.append((stats_key(block), None if rows is None else _pack(
+            first=block * CENTER_BLOCK, rows=offsets, sizes=sizes[rows].astype("<i8"),
+            updated=updated[rows].astype("<f8"))))
     offsets = state["pending_ids_offsets"]
     n_pending = offsets.shape[0] - 1
     n_chunks = (n_pending + PENDING_CHUNK - 1) // PENDING_CHUNK
@@ -272,16 +267,16 @@ def stored_cluster(cluster_id: int, get_center_block: Callable[[bytes], bytes | 
     if raw_center is None:
         return None
     centers = decode_center_block(raw_center)
-    row = int(np.searchsorted(centers.cluster_ids, cluster_id))
-    if row >= centers.cluster_ids.shape[0] or centers.cluster_ids[row] != cluster_id:
+    row = int(rows_of(centers.cluster_ids, [cluster_id])[0])
+    if row < 0:
         return None
     created = float(centers.created[row])
     size, updated = 0, created  # founded by a window whose state records never followed
     raw_stats = get_state(stats_key(block))
     if raw_stats is not None:
         ids, sizes, updated_ts = _decode_stats(raw_stats)
-        at = int(np.searchsorted(ids, cluster_id))
-        if at < ids.shape[0] and ids[at] == cluster_id:
+        at = int(rows_of(ids, [cluster_id])[0])
+        if at >= 0:
             size, updated = int(sizes[at]), float(updated_ts[at])
     return {"cluster": cluster_id, "center": centers.codes[row].astype(">u8").tobytes().hex(), "size": size,
             "created_ts": created, "updated_ts": updated}
@@ -336,9 +331,8 @@ def restore_clusterer(center_values: Iterable[bytes], get: Callable[[bytes], byt
         if raw is None:
             continue  # clusters founded by a window whose state records never followed: size 0
         ids, block_sizes, block_updated = _decode_stats(raw)
-        rows = np.searchsorted(cluster_ids, ids)
-        held = rows < n_clusters
-        held[held] = cluster_ids[rows[held]] == ids[held]  # stats of a center retired since: dropped
+        rows = rows_of(cluster_ids, ids)
+        held = rows >= 0  # stats of a center retired since: dropped
         sizes[rows[held]] = block_sizes[held]
         updated[rows[held]] = block_updated[held]
     ids, lengths, pcodes, seen, first_window = [], [], [], [], []
