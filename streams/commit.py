@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .config import Settings
 
 Record = tuple[bytes | None, bytes | None]
+T = TypeVar("T")
 log = logging.getLogger("photoclust")
 
 
@@ -38,8 +40,9 @@ class CommitSequence:
     def __init__(self, settings: Settings, app: Any) -> None:
         self.settings = settings
         self.app = app
-        self._publish_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-publish")
-        self._publisher: Any = None  # RecordPublisher (confluent-kafka), built on first use
+        # At-least-once output: per source topic (one per stage), a thread and a librdkafka producer
+        # of its own, so that one stage's sends and flushes never queue behind the other's.
+        self._lanes: dict[str, _Lane] = {}
         # With exactly_once, a commit commits the transactions of every input partition, so one
         # stage's commit must not catch another stage's records half sent.
         self._lock = asyncio.Lock()
@@ -61,7 +64,7 @@ class CommitSequence:
             sent = False
             for topic, records in batches:
                 if records:
-                    await self._send_all(topic, records, transactional_id)
+                    await self._send_all(topic, records, transactional_id, source_topic)
                     sent = True
             consumer = self.app.consumer
             if self.exactly_once:
@@ -91,7 +94,8 @@ class CommitSequence:
             raise ValueError(f"an exactly_once commit takes events of one partition, got partitions {sorted(partitions)}")
         return f"{self.app.conf.id}-{self.app.assignor.group_for_topic(source_topic)}-{partitions.pop()}"
 
-    async def _send_all(self, topic: str, records: list[Record], transactional_id: str | None) -> None:
+    async def _send_all(self, topic: str, records: list[Record], transactional_id: str | None,
+                        source_topic: str) -> None:
         """Hand records to a producer and wait until the broker has them all; a failed delivery raises.
 
         At-least-once output goes through a librdkafka (confluent-kafka) producer in a thread, which
@@ -107,23 +111,48 @@ class CommitSequence:
             for future in pending:
                 await future  # raises the delivery error, if any
             return
-        await asyncio.get_running_loop().run_in_executor(self._publish_thread, self._publish_blocking, topic, records)
+        lane = self._lane(source_topic)
+        await asyncio.get_running_loop().run_in_executor(lane.thread, lane.publish, topic, records)
+
+    async def prepare(self, source_topic: str, build: Callable[..., T], *args: Any) -> T:
+        """``build(*args)`` in the publish thread of ``source_topic``'s stage: a stage's records
+        encoded there keep the event loop free and come out in the order of its sends."""
+        return await asyncio.get_running_loop().run_in_executor(self._lane(source_topic).thread, build, *args)
 
     async def connect(self, timeout: float = 30.0) -> None:
-        """Build the at-least-once publisher and have it read the cluster's metadata now: a fresh
+        """Build the at-least-once publishers and have them read the cluster's metadata now: a fresh
         producer's first publish otherwise waits about 0.5 s (measured on the local broker), on the
         first batch of events. Best effort: a broker that is away is the first publish's to report."""
         if self.exactly_once:
             return
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._publish_thread, self._connect_blocking, timeout)
-        except Exception as e:
-            log.warning("event=publisher_connect_failed error=%r", str(e))
+        loop = asyncio.get_running_loop()
+        for source_topic in (self.settings.input_topic, self.settings.unjoined_topic):
+            lane = self._lane(source_topic)
+            try:
+                await loop.run_in_executor(lane.thread, lane.connect, timeout)
+            except Exception as e:
+                log.warning("event=publisher_connect_failed error=%r", str(e))
+                return
 
-    def _connect_blocking(self, timeout: float) -> None:
+    def _lane(self, source_topic: str) -> _Lane:
+        lane = self._lanes.get(source_topic)
+        if lane is None:
+            lane = self._lanes[source_topic] = _Lane(self.settings, len(self._lanes))
+        return lane
+
+
+class _Lane:
+    """One stage's at-least-once output: a thread, and a confluent-kafka publisher built in it on first use."""
+
+    def __init__(self, settings: Settings, number: int) -> None:
+        self.settings = settings
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"photoclust-publish-{number}")
+        self._publisher: Any = None
+
+    def connect(self, timeout: float) -> None:
         self._publisher_of().producer.list_topics(timeout=timeout)
 
-    def _publish_blocking(self, topic: str, records: list[Record]) -> None:
+    def publish(self, topic: str, records: list[Record]) -> None:
         self._publisher_of().publish(topic, records)
 
     def _publisher_of(self) -> Any:

@@ -3,11 +3,13 @@ partition of ``photoclust-unjoined``. It is the only writer of centers.
 
 Photos that the join stage could not join arrive in batch events; they fill a window of n photos
 (or less, once the oldest has waited ``max_wait_s``). One coroutine clusters the closed windows in
-order, off the event loop, while the agent fills the next one; a bounded queue gives
-backpressure. Each window runs through :meth:`core.online.OnlineClusterer.process`: join against
-every center (a center may be newer than the join stage's copy), Bk-means into n/10 centers, the
-r and t filters, and the pending pool. Then its outcomes, new center blocks and state records go
-through the commit sequence.
+order, off the event loop, while the agent fills the next one; bounded queues give backpressure.
+Each window runs through :meth:`core.online.OnlineClusterer.process`: join against every center (a
+center may be newer than the join stage's copy), Bk-means into n/10 centers, the r and t filters,
+and the pending pool. A second coroutine takes the clustered windows, in order, through the commit
+sequence (outcomes, new center blocks, state records), so that window k is encoded, sent and
+committed while window k+1 is clustered: the records that read the clusterer are made in the core
+thread before it moves on.
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ class Window:
         return not (self.messages or self.ids or self.joins)
 
 
+def _outputs_of(window: Window, result: WindowResult) -> list[Record]:
+    """The output-topic records of a clustered window's final outcomes (in the stage's publish thread)."""
+    final = np.flatnonzero(result.is_final)
+    ts_new = np.asarray(window.ts_in, dtype=np.float64)
+    ts_in = np.where(np.arange(len(result)) < result.n_new,
+                     np.concatenate((ts_new, np.zeros(len(result) - result.n_new))), result.first_seen)
+    ids = [result.ids[i] for i in final]
+    values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
+                                result.window, ts_in[final], time.time())
+    return [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
+
+
+@dataclass
+class _Clustered:
+    """A clustered window: its result, and the records read off the clusterer as that window left it
+    (the next window is clustered while this one goes through the commit sequence)."""
+
+    result: WindowResult | None
+    centers: list[Record] = field(default_factory=list)
+    retired: list[Record] = field(default_factory=list)
+    state: list[Record] = field(default_factory=list)
+    seconds: float = 0.0  # clustering, as the event loop saw it
+
+
 class FoundStage:
     """Owns the authoritative clusterer; the ``found_clusters`` agent only calls into it."""
 
@@ -103,6 +129,8 @@ class FoundStage:
         self.clusterer: OnlineClusterer | None = None
         self.window = Window()
         self._queue: asyncio.Queue[Window] | None = None
+        # clustered windows waiting for their commit sequence
+        self._clustered: asyncio.Queue[tuple[Window, _Clustered]] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-core")
         self._ready = asyncio.Event()
         self._last_event = time.monotonic()
@@ -124,6 +152,7 @@ class FoundStage:
         self._input_positions: dict[tuple[str, int], tuple[int, int]] = {}
         self._dead_letters_logged = 0
         self._cluster_task: asyncio.Task | None = None
+        self._publish_task: asyncio.Task | None = None
         self.counters: dict[str, Any] = {
             "windows": 0, "photos_in": 0, "events_in": 0, "dlq_events": 0, "dlq_rows": 0,
             "outcomes": {o.name.lower(): 0 for o in Outcome if o is not Outcome.HELD},
@@ -196,9 +225,11 @@ class FoundStage:
         self.counters["ready_at"] = time.time()
         if self._queue is None:
             self._queue = asyncio.Queue(maxsize=1)
+            self._clustered = asyncio.Queue(maxsize=1)
         self._last_event = time.monotonic()
         if self._cluster_task is None:
             self._cluster_task = asyncio.get_running_loop().create_task(self._cluster_windows())
+            self._publish_task = asyncio.get_running_loop().create_task(self._publish_windows())
         self._ready.set()
         log.info("event=founder_ready generation=%d restore_seconds=%.3f since_assigned_s=%.3f",
                  self._generation, self.counters["restore_seconds"], time.time() - self.counters["assigned_at"])
@@ -273,7 +304,7 @@ class FoundStage:
         """Liveness: the coroutine that clusters windows has not died, and a founder has one (from
         the end of its first restore on); a worker that never founded needs none."""
         if self._cluster_task is not None:
-            return not self._cluster_task.done()
+            return not (self._cluster_task.done() or (self._publish_task is not None and self._publish_task.done()))
         return not self.owner
 
     # -- stopping -----------------------------------------------------------------------------------
@@ -410,7 +441,9 @@ class FoundStage:
         self._last_event = time.monotonic()
 
     async def _cluster_windows(self) -> None:
-        assert self._queue is not None
+        """Clusters the closed windows in order and hands each to :meth:`_publish_windows`: window
+        k+1 is clustered while window k is sent, acknowledged and committed."""
+        assert self._queue is not None and self._clustered is not None
         loop = asyncio.get_running_loop()
         while True:
             window = await self._queue.get()
@@ -420,8 +453,20 @@ class FoundStage:
                         self._windows_in_flight -= 1
                     continue
                 started = time.perf_counter()
-                result = await loop.run_in_executor(self._executor, self._process, window)
-                clustered = time.perf_counter()
+                clustered = await loop.run_in_executor(self._executor, self._process, window)
+                clustered.seconds = time.perf_counter() - started
+                await self._clustered.put((window, clustered))
+            except Exception as e:  # a failed window must not be acked: crash so it is redelivered
+                log.exception("event=window_failed")
+                await crash_worker(self.app, e, "window failed: its photos are redelivered after a restart")
+                raise
+
+    async def _publish_windows(self) -> None:
+        """The clustered windows' commit sequences, one window after the other, in window order."""
+        assert self._clustered is not None
+        while True:
+            window, clustered = await self._clustered.get()
+            try:
                 if window.generation != self._generation:
                     # The partition was revoked while this window was clustered: its next owner
                     # clusters these photos, and this clusterer is rebuilt before it founds again.
@@ -429,9 +474,11 @@ class FoundStage:
                     if not window.flush_pending:
                         self._windows_in_flight -= 1
                     continue
-                await self._publish(window, result)
+                started = time.perf_counter()
+                await self._publish(window, clustered)
+                result = clustered.result
                 if result is not None and not window.flush_pending:
-                    self._log_window(result, len(window), clustered - started, time.perf_counter() - clustered)
+                    self._log_window(result, len(window), clustered.seconds, time.perf_counter() - started)
                 if not window.flush_pending:
                     self._windows_in_flight -= 1
                     self._last_event = time.monotonic()
@@ -440,11 +487,13 @@ class FoundStage:
                 await crash_worker(self.app, e, "window failed: its photos are redelivered after a restart")
                 raise
 
-    def _process(self, window: Window) -> WindowResult | None:
-        """The core call of a window (in the core thread): the join counts, then the photos."""
+    def _process(self, window: Window) -> _Clustered:
+        """(in the core thread) The core call of a window, then the records that read the clusterer,
+        before the next window changes it."""
         started = time.thread_time()
         try:
-            return self._process_window(window)
+            result = self._process_window(window)
+            return self._records_of(window, result)
         finally:
             self.counters["cpu_seconds"] += time.thread_time() - started
 
@@ -463,27 +512,16 @@ class FoundStage:
             (0, self.settings.n_bits // 64), dtype=np.uint64)
         return clusterer.process(window.ids, codes, time.time())
 
-    async def _publish(self, window: Window, result: WindowResult | None) -> None:
-        """The window's commit sequence: dead letters, new center blocks, outcomes, then state."""
-        s = self.settings
-        outputs: list[Record] = []
-        centers: list[Record] = []
-        retired: list[Record] = []
+    def _records_of(self, window: Window, result: WindowResult | None) -> _Clustered:
+        """(in the core thread) A window's new center blocks, retirements and state records."""
+        clustered = _Clustered(result)
         touched = [clusters for clusters, _, _ in window.joins]
         if result is not None:
-            final = np.flatnonzero(result.is_final)
-            ts_new = np.asarray(window.ts_in, dtype=np.float64)
-            ts_in = np.where(np.arange(len(result)) < result.n_new,
-                             np.concatenate((ts_new, np.zeros(len(result) - result.n_new))), result.first_seen)
-            ids = [result.ids[i] for i in final]
-            values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
-                                        result.window, ts_in[final], time.time())
-            outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
             changed = np.concatenate((result.new_cluster_ids, result.retired))
             if changed.shape[0]:
-                centers = center_records(self.clusterer, changed, result.window)
-            retired = encode_retirements(result.retired, result.retired_sizes, result.retired_created_ts,
-                                         result.retired_updated_ts, result.window, result.now)
+                clustered.centers = center_records(self.clusterer, changed, result.window)
+            clustered.retired = encode_retirements(result.retired, result.retired_sizes, result.retired_created_ts,
+                                                   result.retired_updated_ts, result.window, result.now)
             touched += [result.touched_clusters, result.retired]
             for message in window.messages:
                 tp = (message.topic, message.partition)
@@ -491,17 +529,27 @@ class FoundStage:
             if window.split is not None:
                 topic, partition, offset, taken = window.split
                 self._input_positions[(topic, partition)] = (offset, taken)
-        state: list[Record] = []
         if result is not None or window.joins:
-            state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),
-                                  self._input_positions, self._pending_chunks)
+            clustered.state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),
+                                            self._input_positions, self._pending_chunks)
+            # The next window's state drops the pending chunks this one leaves unused. Set before this
+            # window is committed: a failed commit stops the worker.
+            self._pending_chunks = n_pending_chunks(clustered.state)
+        return clustered
+
+    async def _publish(self, window: Window, clustered: _Clustered) -> None:
+        """The window's commit sequence: dead letters, new center blocks, outcomes, then state."""
+        s = self.settings
+        result = clustered.result
+        outputs: list[Record] = []
+        if result is not None:
+            outputs = await self.commit.prepare(s.unjoined_topic, _outputs_of, window, result)
         # Retirements after the center blocks that drop them: a consumer told of one finds the
         # block already without it.
-        await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, centers),
-                                  (s.output_topic, outputs), (s.retired_topic, retired), (s.state_topic, state)],
+        await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, clustered.centers),
+                                  (s.output_topic, outputs), (s.retired_topic, clustered.retired),
+                                  (s.state_topic, clustered.state)],
                                  window.messages, s.unjoined_topic, source_partition=0)
-        if state:
-            self._pending_chunks = n_pending_chunks(state)
         if window.messages:
             self._committed_offset = max(message.offset for message in window.messages) + 1
         window.dead_letters.count_into(self.counters)
