@@ -101,7 +101,7 @@ class JoinStage:
         if self._task is None:
             self._queue = asyncio.Queue(maxsize=2)
             self._task = asyncio.get_running_loop().create_task(self._join_and_commit())
-        for batch in await self._decode(events):
+        for batch in await self._batches(events):
             assert self._queue is not None
             self._in_flight += 1
             await self._queue.put(batch)
@@ -132,11 +132,11 @@ class JoinStage:
         """False once the task that joins and commits has died (liveness)."""
         return self._task is None or not self._task.done()
 
-    async def _decode(self, events: list[Any]) -> list[_Batch]:
+    async def _batches(self, events: list[Any]) -> list[_Batch]:
+        """The events the offset guard lets through, in batches (one per partition with exactly_once)."""
         batches: dict[Any, _Batch] = {}
         by_partition = self._batch_per_partition
         accept_next, accept = self.input_order.accept_next, self.input_order.accept
-        decode = self.decoder.decode
         for event in events:
             message = event.message
             if not (accept_next(message) or await accept(message)):
@@ -146,6 +146,13 @@ class JoinStage:
             if batch is None:  # (setdefault would build a _Batch for every event)
                 batch = batches[key] = _Batch()
             batch.messages.append(message)
+        return list(batches.values())
+
+    def _decode(self, batch: _Batch) -> None:
+        """(in the join thread, off the event loop, which meanwhile feeds the found stage) The
+        batch's photos, and a dead letter per bad event."""
+        decode = self.decoder.decode
+        for message in batch.messages:
             decoded = decode(message.value, message.key)
             if decoded.errors:
                 batch.dead.add(message, decoded.errors)
@@ -165,7 +172,6 @@ class JoinStage:
                     batch.ts_in.extend(default_ts if ts is None else ts for ts in decoded.ts)
                 batch.ids.extend(ids)
                 batch.hashes.extend(decoded.hashes)
-        return list(batches.values())
 
     async def _join_and_commit(self) -> None:
         assert self._queue is not None
@@ -177,9 +183,8 @@ class JoinStage:
                 outputs: list[Record] = []
                 forwards: list[Record] = []
                 n_joined = 0
-                if batch.ids:
-                    outputs, forwards, n_joined = await loop.run_in_executor(
-                        self._executor, self._join, batch.ids, batch.hashes, batch.ts_in, batch.whole)
+                if batch.messages:
+                    outputs, forwards, n_joined = await loop.run_in_executor(self._executor, self._join, batch)
                 await self.commit.commit([(s.dlq_topic, batch.dead.records), (s.output_topic, outputs),
                                           (s.unjoined_topic, forwards)], batch.messages, s.input_topic)
             except Exception as e:
@@ -193,12 +198,14 @@ class JoinStage:
             counters["forwarded"] += len(batch.ids) - n_joined
             batch.dead.count_into(counters)
 
-    def _join(self, ids: list[str], hashes: list[bytes], ts_in: list[float],
-              whole: list[tuple[int, int, bytes]] = ()) -> tuple[list[Record], list[Record], int]:
+    def _join(self, batch: _Batch) -> tuple[list[Record], list[Record], int]:
         """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""
         started = time.thread_time()
         try:
-            return self._join_codes(ids, hashes, ts_in, whole)
+            self._decode(batch)
+            if not batch.ids:
+                return [], [], 0
+            return self._join_codes(batch.ids, batch.hashes, batch.ts_in, batch.whole)
         finally:
             self.counters["cpu_seconds"] += time.thread_time() - started
 
