@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,6 +33,15 @@ def _next_offsets(messages: list[Any]) -> dict[Any, int]:
     for message in messages:
         offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
     return offsets
+
+
+async def finish_in_flight(in_flight: Callable[[], int], alive: Callable[[], bool], timeout: float) -> bool:
+    """Wait until a stage has committed all the work it took (``in_flight()`` is 0), its task died,
+    or ``timeout`` seconds passed; True if nothing is left in flight."""
+    deadline = time.monotonic() + timeout
+    while in_flight() and alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return in_flight() == 0
 
 
 class CommitSequence:

@@ -29,7 +29,7 @@ from core.online import OnlineClusterer, Outcome, WindowResult
 from core.warmup import warm_up
 
 from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_assignments, encode_retirements
-from .commit import CommitSequence, Record
+from .commit import CommitSequence, Record, finish_in_flight
 from .config import Settings
 from .crash import crash_worker
 from .dead_letters import DeadLetters
@@ -326,10 +326,7 @@ class FoundStage:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _finish_windows(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._windows_in_flight and self.clustering_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self._windows_in_flight == 0
+        return await finish_in_flight(lambda: self._windows_in_flight, self.clustering_alive, timeout)
 
     # -- the window ---------------------------------------------------------------------------------
     async def add_events(self, events: list[Any]) -> None:

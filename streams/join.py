@@ -32,7 +32,7 @@ from .codecs import (
     encode_forwarded,
     encode_joins,
 )
-from .commit import CommitSequence, Record
+from .commit import CommitSequence, Record, finish_in_flight
 from .config import Settings
 from .crash import crash_worker
 from .dead_letters import DeadLetters
@@ -123,10 +123,7 @@ class JoinStage:
         self._paused = False
 
     async def _finish_in_flight(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._in_flight and self.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self._in_flight == 0
+        return await finish_in_flight(lambda: self._in_flight, self.alive, timeout)
 
     def alive(self) -> bool:
         """False once the task that joins and commits has died (liveness)."""
