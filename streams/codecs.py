@@ -66,7 +66,7 @@ import msgpack
 import numpy as np
 
 from core.codes import DEFAULT_BITS, check_n_bits, hex_error
-from core.online import Outcome
+from core.online import Outcome, WindowResult
 
 __all__ = [
     "DecodeResult",
@@ -78,6 +78,8 @@ __all__ = [
     "encode_photo",
     "encode_batch",
     "encode_assignments",
+    "assignment_records",
+    "window_records",
     "decode_assignment",
     "encode_dlq",
     "decode_dlq",
@@ -692,6 +694,32 @@ def encode_assignments(
             middle = k_cluster + pack(c) + k_distance + pack(d) + outcome_pair[o]
         add(head + pack(rid) + middle + window_pair + a + b)
     return out
+
+
+def assignment_records(
+    ids: Sequence[str],
+    outcome_names_or_codes: Any,
+    clusters: Any,
+    distances: Any,
+    window: int,
+    ts_in: float | Sequence[float] | np.ndarray,
+    ts_out: float | Sequence[float] | np.ndarray,
+) -> list[tuple[bytes, bytes]]:
+    """Output-topic records: the photo id (UTF-8) as key, :func:`encode_assignments`' value."""
+    ids = ids if isinstance(ids, list) else list(ids)
+    values = encode_assignments(ids, outcome_names_or_codes, clusters, distances, window, ts_in, ts_out)
+    return [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
+
+
+def window_records(result: WindowResult, ts_new: Sequence[float] | np.ndarray, ts_out: float) -> list[tuple[bytes, bytes]]:
+    """Output-topic records of a window's final outcomes. ``ts_new``: the ts_in of the window's new
+    photos (its first ``result.n_new`` rows); a pending photo retried keeps the time it was first seen."""
+    final = np.flatnonzero(result.is_final)
+    n_pending = len(result) - result.n_new
+    ts_in = np.where(np.arange(len(result)) < result.n_new,
+                     np.concatenate((np.asarray(ts_new, dtype=np.float64), np.zeros(n_pending))), result.first_seen)
+    return assignment_records([result.ids[i] for i in final], result.outcome[final], result.cluster[final],
+                              result.distance[final], result.window, ts_in[final], ts_out)
 
 
 _ASSIGNMENT_FIELDS = ("id", "cluster", "distance", "outcome", "window", "ts_in", "ts_out")

@@ -28,7 +28,7 @@ from core.codes import from_bytes
 from core.online import OnlineClusterer, Outcome, WindowResult
 from core.warmup import warm_up
 
-from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_assignments, encode_retirements
+from .codecs import JOINS_KEY, PhotoDecoder, decode_joins, encode_retirements, window_records
 from .commit import CommitSequence, Record, finish_in_flight
 from .config import Settings
 from .crash import crash_worker
@@ -83,18 +83,6 @@ class Window:
     @property
     def empty(self) -> bool:
         return not (self.messages or self.ids or self.joins)
-
-
-def _outputs_of(window: Window, result: WindowResult) -> list[Record]:
-    """The output-topic records of a clustered window's final outcomes (in the stage's publish thread)."""
-    final = np.flatnonzero(result.is_final)
-    ts_new = np.asarray(window.ts_in, dtype=np.float64)
-    ts_in = np.where(np.arange(len(result)) < result.n_new,
-                     np.concatenate((ts_new, np.zeros(len(result) - result.n_new))), result.first_seen)
-    ids = [result.ids[i] for i in final]
-    values = encode_assignments(ids, result.outcome[final], result.cluster[final], result.distance[final],
-                                result.window, ts_in[final], time.time())
-    return [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(ids, values)]
 
 
 @dataclass
@@ -540,7 +528,8 @@ class FoundStage:
         result = clustered.result
         outputs: list[Record] = []
         if result is not None:
-            outputs = await self.commit.prepare(s.unjoined_topic, _outputs_of, window, result)
+            # (in the found stage's publish thread: the event loop stays free)
+            outputs = await self.commit.prepare(s.unjoined_topic, window_records, result, window.ts_in, time.time())
         # Retirements after the center blocks that drop them: a consumer told of one finds the
         # block already without it.
         await self.commit.commit([(s.dlq_topic, window.dead_letters.records), (s.centers_topic, clustered.centers),

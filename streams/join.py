@@ -28,7 +28,7 @@ from .codecs import (
     JOINS_KEY,
     PHOTOS_KEY,
     PhotoDecoder,
-    encode_assignments,
+    assignment_records,
     encode_forwarded,
     encode_joins,
 )
@@ -177,11 +177,7 @@ class JoinStage:
         while True:
             batch = await self._queue.get()
             try:
-                outputs: list[Record] = []
-                forwards: list[Record] = []
-                n_joined = 0
-                if batch.messages:
-                    outputs, forwards, n_joined = await loop.run_in_executor(self._executor, self._join, batch)
+                outputs, forwards, n_joined = await loop.run_in_executor(self._executor, self._join, batch)
                 await self.commit.commit([(s.dlq_topic, batch.dead.records), (s.output_topic, outputs),
                                           (s.unjoined_topic, forwards)], batch.messages, s.input_topic)
             except Exception as e:
@@ -215,11 +211,8 @@ class JoinStage:
         outputs: list[Record] = []
         forwards: list[Record] = []
         if joined.shape[0]:
-            joined_ids = [ids[i] for i in joined]
-            values = encode_assignments(joined_ids, np.full(joined.shape[0], Outcome.JOINED, dtype=np.uint8),
-                                        labels[joined], distances[joined], windows_seen,
-                                        np.asarray(ts_in)[joined], now)
-            outputs = [(photo_id.encode("utf-8", "surrogatepass"), value) for photo_id, value in zip(joined_ids, values)]
+            outputs = assignment_records([ids[i] for i in joined], np.full(joined.shape[0], Outcome.JOINED, dtype=np.uint8),
+                                         labels[joined], distances[joined], windows_seen, np.asarray(ts_in)[joined], now)
             clusters, counts = np.unique(labels[joined], return_counts=True)
             forwards.append((JOINS_KEY, encode_joins(clusters, counts, now)))
         unjoined = labels < 0

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.codes import from_bytes, from_hex
-from core.online import Outcome
+from core.online import OnlineClusterer, Outcome
+from core.synth import planted_codes
 from streams.codecs import (
     FORWARD_CHUNK_BYTES,
     MAX_DLQ_REASONS,
@@ -25,6 +26,7 @@ from streams.codecs import (
     encode_batch,
     encode_dlq,
     encode_photo,
+    window_records,
 )
 
 H32 = bytes(range(32))  # a valid 256-bit raw hash
@@ -660,3 +662,35 @@ def test_join_counts_round_trip_and_are_checked():
         decode_joins(msgpack.packb({"clusters": b"\x00" * 24, "counts": b"\x00" * 8, "ts": 1.0}))
     with pytest.raises(ValueError, match="'ts'"):
         decode_joins(msgpack.packb({"clusters": b"", "counts": b"", "ts": float("nan")}))
+
+
+def test_window_records_key_the_final_outcomes_and_keep_a_retried_photos_first_ts():
+    """New photos carry the ts_in given for them; a pending photo that gets its outcome in a later
+    window carries the time the window that first saw it ran; held photos get no record yet."""
+    rng = np.random.default_rng(3)
+    clusterer = OnlineClusterer(window_size=400, new_centers_ratio=0.05, radius=40, min_cluster_size=10,
+                                pending_capacity=200, random_state=0)
+    planted, _, _ = planted_codes(300, 15, flip_prob=0.05, random_state=1)
+    loners = rng.integers(0, 2**63, size=(40, 4), dtype=np.int64).astype(np.uint64)
+    first = np.concatenate((planted[:200], loners))
+    ids1 = [f"a-{i}" for i in range(len(first))]
+    ts1 = (1000.0 + np.arange(len(first))).tolist()
+    result1 = clusterer.process(ids1, first, now=5000.0)
+    records1 = window_records(result1, ts1, 7000.0)
+    final1 = [result1.ids[i] for i in np.flatnonzero(result1.is_final)]
+    assert [key.decode() for key, _ in records1] == final1
+    assert result1.n_held > 0  # the loners wait in the pending pool
+    for key, value in records1:
+        row = decode_assignment(value)
+        assert row["id"] == key.decode() and row["ts_in"] == ts1[ids1.index(row["id"])] and row["ts_out"] == 7000.0
+
+    ids2 = [f"b-{i}" for i in range(100)]
+    ts2 = (2000.0 + np.arange(100)).tolist()
+    result2 = clusterer.process(ids2, planted[200:], now=6000.0)
+    records2 = window_records(result2, ts2, 8000.0)
+    assert [key.decode() for key, _ in records2] == [result2.ids[i] for i in np.flatnonzero(result2.is_final)]
+    retried = [decode_assignment(value) for key, value in records2 if key.startswith(b"a-")]
+    assert retried  # pending photos of window 1 got their outcome in window 2
+    assert all(row["ts_in"] == 5000.0 for row in retried)
+    assert all(row["ts_in"] == ts2[ids2.index(row["id"])] for key, value in records2 if key.startswith(b"b-")
+               for row in [decode_assignment(value)])

@@ -8,7 +8,7 @@ events, batch events of ``--batch-size`` rows) it measures, each run on fresh uu
              (consume throughput).
 * baseline : the same backlog read by a plain confluent-kafka loop (Consumer.consume(10000),
              PhotoDecoder, the same windowing rule, core OnlineClusterer.process with the worker's
-             parameters, encode_assignments, a confluent Producer, a synchronous offset commit
+             parameters, window_records (the worker's encoding), a confluent Producer, a synchronous offset commit
              after each window). Clock: first consume call to the last window's flush+commit.
              No state topic is written: this is "the ceiling Faust costs us".
 * live-max : worker ready first, then the producer runs concurrently as fast as it can; clock
@@ -54,7 +54,7 @@ import kafka_support as ks  # noqa: E402
 from core.codes import from_bytes, to_bytes  # noqa: E402
 from core.online import OnlineClusterer  # noqa: E402
 from core.synth import planted_codes  # noqa: E402
-from streams.codecs import PhotoDecoder, decode_assignment, encode_assignments, encode_batch, encode_photo  # noqa: E402
+from streams.codecs import PhotoDecoder, decode_assignment, encode_batch, encode_photo, window_records  # noqa: E402
 from streams.config import Settings  # noqa: E402
 from streams.kafka_io import RecordPublisher, ensure_topics, make_producer, produce_waiting  # noqa: E402
 
@@ -353,20 +353,14 @@ def run_baseline(args: argparse.Namespace, settings: Settings, n: int, batch_siz
         codes = from_bytes(hashes, s.n_bits)
         result = clusterer.process(ids, codes, time.time())
         t1 = time.perf_counter()
-        final = np.flatnonzero(result.is_final)
-        ts_all = np.where(np.arange(len(result)) < result.n_new,
-                          np.concatenate((np.asarray(ts_in, dtype=np.float64), np.zeros(len(result) - result.n_new))),
-                          result.first_seen)
-        out_ids = [result.ids[i] for i in final]
-        values = encode_assignments(out_ids, result.outcome[final], result.cluster[final], result.distance[final],
-                                    result.window, ts_all[final], time.time())
-        publisher.publish(out_topic, [(rid.encode(), value) for rid, value in zip(out_ids, values)])
+        records = window_records(result, ts_in, time.time())  # the worker's own encoding
+        publisher.publish(out_topic, records)
         consumer.commit(offsets=[TopicPartition(s.input_topic, p, o) for p, o in offsets.items()], asynchronous=False)
         timings["process"] += t1 - t0
         timings["publish_commit"] += time.perf_counter() - t1
         done += len(ids)
         windows += 1
-        assigned += len(out_ids)
+        assigned += len(records)
         ids, hashes, ts_in, offsets = [], [], [], {}
 
     deadline = time.monotonic() + args.timeout
