@@ -434,16 +434,14 @@ class FoundStage:
             window = await self._queue.get()
             try:
                 if window.generation != self._generation:  # closed before the partition was revoked
-                    if not window.flush_pending:
-                        self._windows_in_flight -= 1
+                    self._window_done(window)
                     continue
                 started = time.perf_counter()
                 clustered = await loop.run_in_executor(self._executor, self._process, window)
                 clustered.seconds = time.perf_counter() - started
                 await self._clustered.put((window, clustered))
             except Exception as e:  # a failed window must not be acked: crash so it is redelivered
-                log.exception("event=window_failed")
-                await crash_worker(self.app, e, "window failed: its photos are redelivered after a restart")
+                await self._window_failed(e)
                 raise
 
     async def _publish_windows(self) -> None:
@@ -456,21 +454,28 @@ class FoundStage:
                     # The partition was revoked while this window was clustered: its next owner
                     # clusters these photos, and this clusterer is rebuilt before it founds again.
                     self._dirty = True
-                    if not window.flush_pending:
-                        self._windows_in_flight -= 1
+                    self._window_done(window)
                     continue
                 started = time.perf_counter()
                 await self._publish(window, clustered)
                 result = clustered.result
-                if result is not None and not window.flush_pending:
-                    self._log_window(result, len(window), clustered.seconds, time.perf_counter() - started)
                 if not window.flush_pending:
-                    self._windows_in_flight -= 1
+                    if result is not None:
+                        self._log_window(result, len(window), clustered.seconds, time.perf_counter() - started)
                     self._last_event = time.monotonic()
+                self._window_done(window)
             except Exception as e:  # a failed window must not be acked: crash so it is redelivered
-                log.exception("event=window_failed")
-                await crash_worker(self.app, e, "window failed: its photos are redelivered after a restart")
+                await self._window_failed(e)
                 raise
+
+    def _window_done(self, window: Window) -> None:
+        """A closed window leaves the count of windows in flight (an idle flush never entered it)."""
+        if not window.flush_pending:
+            self._windows_in_flight -= 1
+
+    async def _window_failed(self, error: Exception) -> None:
+        log.exception("event=window_failed")
+        await crash_worker(self.app, error, "window failed: its photos are redelivered after a restart")
 
     def _process(self, window: Window) -> _Clustered:
         """(in the core thread) The core call of a window, then the records that read the clusterer,
