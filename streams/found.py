@@ -44,6 +44,7 @@ from .state import (
     n_pending_chunks,
     restore_clusterer,
     state_records,
+    stored_carry,
     stored_input_positions,
 )
 from .store import LocalStore
@@ -69,6 +70,7 @@ class Window:
     ts_in: list[float] = field(default_factory=list)
     joins: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
     n_joined_elsewhere: int = 0  # photos of this part of the stream that the join stage joined
+    carry_after: int = 0  # joined photos of its last join counts that belong to the windows after it
     split: tuple[str, int, int, int] | None = None  # (topic, partition, offset, rows taken) of an event
     # whose remaining photos went to the next window; it is acknowledged with that one
     messages: list[Any] = field(default_factory=list)
@@ -138,6 +140,8 @@ class FoundStage:
         self.replica_loaded = asyncio.Event()  # set by the worker once its copy of the centers runs
         # per unjoined partition, the next (offset, row) the state does not hold yet
         self._input_positions: dict[tuple[str, int], tuple[int, int]] = {}
+        # joined photos counted for the window after the last one clustered (Window.carry_after)
+        self._carry = 0
         self._dead_letters_logged = 0
         self._cluster_task: asyncio.Task | None = None
         self._publish_task: asyncio.Task | None = None
@@ -234,13 +238,19 @@ class FoundStage:
             log.info("event=state_kept reason='no other worker founded since this one did' clusters=%d",
                      self.clusterer.n_clusters_)
         else:
-            self.clusterer, self._input_positions = await loop.run_in_executor(self._executor, self._rebuild)
+            self.clusterer, self._input_positions, self._carry = await loop.run_in_executor(self._executor,
+                                                                                            self._rebuild)
             self.counters["restores"] += 1
         self._dirty = False
-        self.window = Window(generation=self._generation)
+        self.window = self._window_after_last_clustered()
         self._pending_chunks = (self.clusterer.n_pending_ + PENDING_CHUNK - 1) // PENDING_CHUNK
         log.info("event=state_restored clusters=%d pending=%d windows=%d", self.clusterer.n_clusters_,
                  self.clusterer.n_pending_, self.clusterer.n_windows_)
+
+    def _window_after_last_clustered(self) -> Window:
+        """The window that follows the last one clustered: it starts with the join counts that one
+        carried past its end."""
+        return Window(generation=self._generation, n_joined_elsewhere=self._carry)
 
     def _state_is_current(self) -> bool:
         """True if the clusterer in memory is still the group's state: this worker founded last, it
@@ -255,10 +265,11 @@ class FoundStage:
         self.replica.wait_for(centers_end, timeout=s.restore_timeout_s)
         return np.array_equal(self.replica.index.cluster_ids_, self.clusterer.cluster_ids_)
 
-    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], tuple[int, int]]]:
+    def _rebuild(self) -> tuple[OnlineClusterer, dict[tuple[str, int], tuple[int, int]], int]:
         """Read both topics to their current end, then rebuild the clusterer with this worker's
         settings; also the unjoined-topic positions the state reflects (events below them are in
-        the state already: skipped, not re-clustered)."""
+        the state already: skipped, not re-clustered), and the join counts it carries into the
+        next window."""
         s = self.settings
         deadline = time.monotonic() + s.restore_timeout_s
         _, centers_end = watermarks_of(s, s.centers_topic)
@@ -270,7 +281,8 @@ class FoundStage:
         for name, old, new in changes:
             log.info("event=setting_changed name=%s stored=%r new=%r", name, old, new)
         self._committed_offset = self.resume_offset(s.unjoined_topic, 0)
-        return clusterer, stored_input_positions(self.store.get(s.state_topic, META_KEY))
+        meta = self.store.get(s.state_topic, META_KEY)
+        return clusterer, stored_input_positions(meta), stored_carry(meta)
 
     def clusterer_params(self) -> dict[str, Any]:
         s = self.settings
@@ -391,9 +403,12 @@ class FoundStage:
 
     async def _close_if_full(self, window: Window) -> None:
         """A window is n photos of the stream, as in the paper: those the join stage joined count
-        too, so that windows close as often as with one stage, and the pending pool is retried."""
-        if len(window) + window.n_joined_elsewhere >= self.settings.window_size and not self._holding:
+        too, so that windows close as often as with one stage, and the pending pool is retried.
+        Join counts past the window's end count for the windows after it (one closes for each n of
+        them), so that windows keep ending every n photos of the stream."""
+        while len(window) + window.n_joined_elsewhere >= self.settings.window_size and not self._holding:
             await self._close_window()
+            window = self.window
 
     async def flush_if_due(self) -> None:
         """Close a partial window once it is old; give an idle stream's pending photos their outcome."""
@@ -417,7 +432,9 @@ class FoundStage:
         return self._stopping or self._revoking
 
     async def _close_window(self) -> None:
-        window, self.window = self.window, Window(generation=self._generation)
+        window = self.window
+        window.carry_after = max(0, len(window) + window.n_joined_elsewhere - self.settings.window_size)
+        self.window = Window(generation=self._generation, n_joined_elsewhere=window.carry_after)
         self._idle_flushed = False
         assert self._queue is not None
         # Counted from here until clustered: a backlog being worked off is not an idle stream.
@@ -505,6 +522,7 @@ class FoundStage:
     def _records_of(self, window: Window, result: WindowResult | None) -> _Clustered:
         """(in the core thread) A window's new center blocks, retirements and state records."""
         clustered = _Clustered(result)
+        self._carry = window.carry_after
         touched = [clusters for clusters, _, _ in window.joins]
         if result is not None:
             changed = np.concatenate((result.new_cluster_ids, result.retired))
@@ -521,7 +539,7 @@ class FoundStage:
                 self._input_positions[(topic, partition)] = (offset, taken)
         if result is not None or window.joins:
             clustered.state = state_records(self.clusterer, np.concatenate(touched) if touched else np.zeros(0, np.int64),
-                                            self._input_positions, self._pending_chunks)
+                                            self._input_positions, self._pending_chunks, self._carry)
             # The next window's state drops the pending chunks this one leaves unused. Set before this
             # window is committed: a failed commit stops the worker.
             self._pending_chunks = n_pending_chunks(clustered.state)

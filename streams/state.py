@@ -177,14 +177,16 @@ def center_update(key: bytes, value: bytes | None, n_bits: int) -> tuple[tuple[i
 
 
 def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
-                  input_positions: InputPositions | None = None, previous_chunks: int = 0) -> list[Record]:
+                  input_positions: InputPositions | None = None, previous_chunks: int = 0,
+                  carry: int = 0) -> list[Record]:
     """Records that bring the stored state up to date: the stats blocks of the ``touched`` cluster
     ids (``None``: all), the pending pool (with tombstones for chunks it no longer uses, of the
     ``previous_chunks`` stored), and ``meta`` last.
 
     Retired clusters count as touched: their rows leave the stats blocks.
     ``input_positions`` maps (topic, partition) to the next (offset, row) the state does not reflect;
-    a restarted found stage skips what comes before instead of clustering it twice.
+    a restarted found stage skips what comes before instead of clustering it twice. ``carry``: the
+    photos the join stage joined that count for the next window (its end stays where it was).
     """
     sizes, updated = clusterer.sizes_, clusterer.updated_ts_
     state = clusterer.export_state(include_centers=False)
@@ -211,7 +213,7 @@ def state_records(clusterer: OnlineClusterer, touched: np.ndarray | None = None,
     meta = {name: state[name] for name in _PARAMS}
     meta.update(format=STATE_FORMAT, n_windows=state["n_windows"], n_clusters=n_clusters,
                 next_cluster_id=state["next_cluster_id"],
-                n_pending=n_pending, n_pending_chunks=n_chunks,
+                n_pending=n_pending, n_pending_chunks=n_chunks, carry=int(carry),
                 input_positions=sorted([topic, partition, offset, row]
                                        for (topic, partition), (offset, row) in (input_positions or {}).items()))
     records.append((META_KEY, msgpack.packb(meta, use_bin_type=True)))
@@ -243,6 +245,11 @@ def stored_input_positions(raw_meta: bytes | None) -> dict[tuple[str, int], tupl
         return {}
     return {(topic, partition): (offset, row)
             for topic, partition, offset, row in msgpack.unpackb(raw_meta).get("input_positions", [])}
+
+
+def stored_carry(raw_meta: bytes | None) -> int:
+    """The joined photos a stored ``meta`` record carries into the next window (0 without state)."""
+    return 0 if raw_meta is None else int(msgpack.unpackb(raw_meta).get("carry", 0))
 
 
 # -- rebuilding the found stage's clusterer ---------------------------------------------------------

@@ -1,6 +1,7 @@
 """The found stage's windows of exactly n photos (streams.found), without Kafka: a forwarded event
-that does not fit is split across two windows, acknowledged with the second, and a restart skips
-exactly the photos the first window took."""
+that does not fit is split across two windows, acknowledged with the second, a restart skips
+exactly the photos the first window took, and join counts past a window's end count for the
+windows after it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from streams.codecs import PHOTOS_KEY, encode_forwarded
+import numpy as np
+
+from streams.codecs import JOINS_KEY, PHOTOS_KEY, encode_forwarded, encode_joins
 from streams.config import Settings
 from streams.found import FoundStage
 
@@ -81,3 +84,33 @@ def test_a_restart_skips_exactly_what_the_stored_state_holds():
     first, = _closed(stage)
     assert first.ids == [f"e1-r{r}" for r in range(3, 7)] + [f"e2-r{r}" for r in range(6)]
     assert stage.window.ids == ["e2-r6"]
+
+
+def _joins(offset: int, count: int) -> SimpleNamespace:
+    value = encode_joins(np.array([0]), np.array([count]), 1.0)
+    return SimpleNamespace(message=Message(offset, value, key=JOINS_KEY))
+
+
+def test_join_counts_past_a_window_end_count_for_the_next_windows():
+    # A stream of 50 photos in windows of 10: 7 forwarded, then 36 joined by the join stage (one
+    # join-count event), then 7 forwarded. Windows end every 10 photos of the stream, as with one
+    # stage: at 10 (the join counts close it, 33 past its end), 20, 30 and 40 (counts only), 50.
+    stage = _stage(window_size=10)
+    first_event, last_event = _events(2, rows=7)
+    last_event.message.offset = 2
+    asyncio.run(stage.add_events([first_event, _joins(1, 36), last_event]))
+    windows = _closed(stage)
+    assert [len(w) + w.n_joined_elsewhere for w in windows] == [43, 33, 23, 13, 10]
+    assert [w.carry_after for w in windows] == [33, 23, 13, 3, 0]
+    assert [len(w) for w in windows] == [7, 0, 0, 0, 7]
+    assert [[m.offset for m in w.messages] for w in windows] == [[0, 1], [], [], [], [2]]
+    assert stage.window.empty and stage.window.n_joined_elsewhere == 0
+
+
+def test_a_restart_starts_its_first_window_with_the_stored_carry():
+    stage = _stage(window_size=10)
+    stage._carry = 4  # the last stored window ended 4 photos into its last join counts
+    stage.window = stage._window_after_last_clustered()  # as a restore starts
+    asyncio.run(stage.add_events(_events(1, rows=7)))
+    first, = _closed(stage)
+    assert first.n_joined_elsewhere == 4 and first.ids == [f"e0-r{r}" for r in range(6)]

@@ -167,6 +167,14 @@ def test_input_positions_travel_with_the_state():
     assert state.stored_input_positions(topics.state[state.META_KEY]) == {("unjoined", 0): (250, 17)}
 
 
+def test_the_carry_into_the_next_window_travels_with_the_state():
+    ids, codes = _windows(1)[0]
+    live = _live()
+    assert state.stored_carry(None) == 0
+    records = state.state_records(live, live.process(ids, codes, now=1.0).touched_clusters, carry=37)
+    assert state.stored_carry(dict(records)[state.META_KEY]) == 37
+
+
 def test_retired_centers_leave_both_topics_and_the_restore_continues_identically(monkeypatch):
     """Retirement rewrites the blocks without the retired centers, tombstones a full block once all
     of it is retired, and a restore (or a copy) from what compaction keeps is the live clusterer."""
