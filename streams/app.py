@@ -19,6 +19,7 @@ stage writes the two compacted topics, and every worker reads them back into its
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +248,8 @@ def create_app(settings: Settings) -> Worker:
 
     input_order = InputOrderGuard(lambda: app.consumer, resume_offset=resume_offset,
                                   gaps_after_start=settings.processing_guarantee == "exactly_once")
-    join = JoinStage(settings, app, replica, commit, input_order)
+    join = JoinStage(settings, app, replica, commit, input_order,
+                     found_backlog=functools.partial(resume_offsets.lag, settings.unjoined_topic, 0, 5.0))
     found = FoundStage(settings, app, store, replica, commit, input_order, resume_offsets)
     worker = Worker(settings, app, store, replica, join, found, resume_offsets=resume_offsets)
     app.photoclust = worker

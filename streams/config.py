@@ -65,6 +65,10 @@ class Settings:
     max_iter: int = 10
     seed: int = 0
     max_wait_s: float = 5.0  # a partial window is clustered when its oldest photo waited this long
+    # The join stage holds back new input while the found stage has more than this many windows of
+    # forwarded photos not yet committed (0: never), so that it joins them itself once the centers
+    # of the windows before them exist, instead of forwarding a whole backlog to be joined there.
+    forward_ahead_windows: float = 2.0
     pending_idle_s: float = 60.0  # after this long without events, pending photos become noise (0: never)
     # Retiring centers (0: off, keep every center, as the paper does). At the end of a window the
     # least recently joined centers beyond max_centers, and those not joined for max_idle_s, leave
@@ -98,6 +102,7 @@ class Settings:
         # the broker's group.min.session.timeout.ms and group.max.session.timeout.ms defaults
         check_range("session_timeout_s", self.session_timeout_s, 6, 1800)
         check_range("max_wait_s", self.max_wait_s, 0, low_open=True)
+        check_range("forward_ahead_windows", self.forward_ahead_windows, 0, finite=True)
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ValueError(
                 f"processing_guarantee={self.processing_guarantee!r} is not one of {list(PROCESSING_GUARANTEES)}"

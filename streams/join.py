@@ -12,7 +12,9 @@ center.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,11 +41,15 @@ from .dead_letters import DeadLetters
 from .input_order import InputOrderGuard
 from .replica import CentersReplica
 
+log = logging.getLogger("photoclust")
+
 # A take of batch events is joined and committed in batches of about this many bytes of input
 # (4 MB: some 100,000 photos in batch events of 500), so that the first photos of a backlog reach
 # the found stage while the rest is still being decoded, and the join of one batch runs while the
 # previous one is sent. Single-photo events (about 60 bytes) are never cut by it.
 JOIN_BATCH_BYTES = 4 * 1024 * 1024
+# How often a join stage that holds back reads the found stage's backlog again.
+HOLD_BACK_POLL_S = 0.02
 
 
 @dataclass
@@ -72,12 +78,17 @@ class JoinStage:
     """Joins input photos against this worker's copy of the centers; the ``join_photos`` agent calls it."""
 
     def __init__(self, settings: Settings, app: Any, replica: CentersReplica, commit: CommitSequence,
-                 input_order: InputOrderGuard) -> None:
+                 input_order: InputOrderGuard, found_backlog: Callable[[], int] | None = None) -> None:
         self.settings = settings
         self.app = app
         self.replica = replica
         self.commit = commit
         self.input_order = input_order
+        # Records of the unjoined topic the found stage has not committed (blocking: asks the broker).
+        self.found_backlog = found_backlog
+        self._backlog_read: tuple[int, float] | None = None  # (records, monotonic time read)
+        self._forwarded_records = 0  # records this stage sent to the unjoined topic
+        self._forwarded_since_read = 0
         self.decoder = PhotoDecoder(n_bits=settings.n_bits)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-join")
         self._queue: asyncio.Queue[_Batch] | None = None
@@ -90,7 +101,7 @@ class JoinStage:
         # transaction (streams.commit).
         self._batch_per_partition = settings.processing_guarantee == "exactly_once"
         self.counters: dict[str, Any] = {"events_in": 0, "photos_in": 0, "joined": 0, "forwarded": 0,
-                                         "dlq_events": 0, "dlq_rows": 0, "cpu_seconds": 0.0}
+                                         "dlq_events": 0, "dlq_rows": 0, "cpu_seconds": 0.0, "held_back_s": 0.0}
 
     async def wait_ready(self) -> None:
         """Until this worker's copy of the centers has read the topic to the end it saw at start."""
@@ -190,6 +201,7 @@ class JoinStage:
         while True:
             batch = await self._queue.get()
             try:
+                await self._hold_back()
                 joined = await loop.run_in_executor(self._executor, self._join, batch)
             except Exception as e:
                 await self._failed(e)
@@ -214,7 +226,43 @@ class JoinStage:
             counters["photos_in"] += len(batch.ids)
             counters["joined"] += n_joined
             counters["forwarded"] += len(batch.ids) - n_joined
+            self._forwarded_records += len(forwards)
+            self._forwarded_since_read += len(forwards)
             batch.dead.count_into(counters)
+
+    async def _hold_back(self) -> None:
+        """Wait while the found stage is more than ``forward_ahead_windows`` windows of forwarded
+        photos behind: the unjoined partition's records after the group's committed offset, against
+        the records that many windows take at this stage's photos per forwarded record.
+
+        A backlog is forwarded much faster than it is clustered: without this, every photo of it
+        would reach the found stage before the first window's centers reached this stage, to be
+        decoded and joined a second time there. Held back, this stage joins them itself. The
+        backlog is read from the broker only when the records sent since the last reading could
+        have taken it past the limit. Never while the stage stops or hands its partitions over,
+        and a backlog that cannot be read does not hold anything back.
+        """
+        ahead = self.settings.forward_ahead_windows
+        if not ahead or self.found_backlog is None or not self._forwarded_records:
+            return
+        limit = ahead * self.settings.window_size * self._forwarded_records / max(1, self.counters["forwarded"])
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            while not (self._stopping or self._paused):
+                now = time.monotonic()
+                if self._backlog_read is not None and self._backlog_read[0] + self._forwarded_since_read <= limit:
+                    return
+                if self._backlog_read is None or now - self._backlog_read[1] >= HOLD_BACK_POLL_S:
+                    self._backlog_read = (await loop.run_in_executor(None, self.found_backlog), now)
+                    self._forwarded_since_read = 0
+                    continue
+                await asyncio.sleep(HOLD_BACK_POLL_S)
+        except Exception as e:
+            log.warning("event=found_backlog_unread error=%r action='not held back'", str(e))
+            self._backlog_read = None
+        finally:
+            self.counters["held_back_s"] += time.monotonic() - started
 
     async def _failed(self, error: Exception) -> None:
         await crash_worker(self.app, error, "join stage failed: its events are redelivered after a restart")

@@ -131,6 +131,14 @@ class ResumeOffsets:
                 self._consumer = _group_consumer(self.settings)
             return _resume_offset(self._consumer, topic, partition, timeout)
 
+    def lag(self, topic: str, partition: int, timeout: float = 30.0) -> int:
+        """Records of the partition after where the group resumes it: what its owner has not committed."""
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = _group_consumer(self.settings)
+            _, high = watermarks(self._consumer, TopicPartition(topic, partition), timeout)
+            return max(0, high - _resume_offset(self._consumer, topic, partition, timeout))
+
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:

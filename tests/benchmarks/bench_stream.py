@@ -234,9 +234,10 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def run_settings(args: argparse.Namespace, tag: str, window: int, max_wait_s: float) -> Settings:
     run = f"bench-{tag}-{uuid.uuid4().hex[:10]}"
+    ahead = {} if args.forward_ahead_windows is None else {"forward_ahead_windows": args.forward_ahead_windows}
     return Settings().with_topic_prefix(
         run, bootstrap_servers=args.bootstrap, window_size=window, max_wait_s=max_wait_s, pending_idle_s=0.0,
-        data_dir=str(Path(args.workdir) / run), web_port=ks.free_port(), seed=args.seed, log_level="info",
+        data_dir=str(Path(args.workdir) / run), web_port=ks.free_port(), seed=args.seed, log_level="info", **ahead,
     )
 
 
@@ -461,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog-max-wait-s", type=float, default=60.0,
                     help="max_wait_s of backlog/baseline runs (large: windows are full)")
     ap.add_argument("--live-max-wait-s", type=float, default=5.0, help="max_wait_s of live runs (project default 5)")
+    ap.add_argument("--forward-ahead-windows", type=float, default=None,
+                    help="the worker's forward_ahead_windows (default: the project's; 0: the join stage never holds back)")
     ap.add_argument("--big", action="store_true", help="also a backlog run with --big-window windows")
     ap.add_argument("--big-window", type=int, default=1_000_000)
     ap.add_argument("--big-photos", type=int, default=1_000_000)
