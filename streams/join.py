@@ -92,7 +92,7 @@ class JoinStage:
         self.decoder = PhotoDecoder(n_bits=settings.n_bits)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photoclust-join")
         self._queue: asyncio.Queue[_Batch] | None = None
-        self._joined: asyncio.Queue[tuple[_Batch, tuple[list[Record], list[Record], int]]] | None = None
+        self._joined: asyncio.Queue[tuple[_Batch, tuple[tuple | None, list[Record], int]]] | None = None
         self._tasks: list[asyncio.Task] = []
         self._in_flight = 0  # batches taken and not yet committed
         self._stopping = False
@@ -213,8 +213,11 @@ class JoinStage:
         assert self._joined is not None
         s = self.settings
         while True:
-            batch, (outputs, forwards, n_joined) = await self._joined.get()
+            batch, (joined, forwards, n_joined) = await self._joined.get()
             try:
+                # The outcomes are encoded in the stage's publish thread, which the join thread
+                # would otherwise wait for: it joins the next batch meanwhile.
+                outputs = await self.commit.prepare(s.input_topic, assignment_records, *joined) if joined else []
                 await self.commit.commit([(s.dlq_topic, batch.dead.records), (s.output_topic, outputs),
                                           (s.unjoined_topic, forwards)], batch.messages, s.input_topic)
             except Exception as e:
@@ -267,28 +270,29 @@ class JoinStage:
     async def _failed(self, error: Exception) -> None:
         await crash_worker(self.app, error, "join stage failed: its events are redelivered after a restart")
 
-    def _join(self, batch: _Batch) -> tuple[list[Record], list[Record], int]:
-        """(in the join thread) outcomes of the joined photos, and the forwarded rest with the join counts."""
+    def _join(self, batch: _Batch) -> tuple[tuple | None, list[Record], int]:
+        """(in the join thread) the joined photos' outcomes (:func:`assignment_records`' arguments),
+        and the forwarded rest with the join counts."""
         started = time.thread_time()
         try:
             self._decode(batch)
             if not batch.ids:
-                return [], [], 0
+                return None, [], 0
             return self._join_codes(batch.ids, batch.hashes, batch.ts_in, batch.whole)
         finally:
             self.counters["cpu_seconds"] += time.thread_time() - started
 
     def _join_codes(self, ids: list[str], hashes: list[bytes], ts_in: list[float],
-                    whole: list[tuple[int, int, bytes]] = ()) -> tuple[list[Record], list[Record], int]:
+                    whole: list[tuple[int, int, bytes]] = ()) -> tuple[tuple | None, list[Record], int]:
         codes = from_bytes(hashes, self.settings.n_bits)
         labels, distances, windows_seen = self.replica.join(codes, self.settings.radius)
         joined = np.flatnonzero(labels >= 0)
         now = time.time()
-        outputs: list[Record] = []
+        outcomes = None
         forwards: list[Record] = []
         if joined.shape[0]:
-            outputs = assignment_records([ids[i] for i in joined], np.full(joined.shape[0], Outcome.JOINED, dtype=np.uint8),
-                                         labels[joined], distances[joined], windows_seen, np.asarray(ts_in)[joined], now)
+            outcomes = ([ids[i] for i in joined], np.full(joined.shape[0], Outcome.JOINED, dtype=np.uint8),
+                        labels[joined], distances[joined], windows_seen, np.asarray(ts_in)[joined], now)
             clusters, counts = np.unique(labels[joined], return_counts=True)
             forwards.append((JOINS_KEY, encode_joins(clusters, counts, now)))
         unjoined = labels < 0
@@ -309,4 +313,4 @@ class JoinStage:
             if value is not None:
                 forwards.append((PHOTOS_KEY, value))
             position = end
-        return outputs, forwards, int(joined.shape[0])
+        return outcomes, forwards, int(joined.shape[0])
