@@ -146,7 +146,7 @@ class JoinStage:
         return await finish_in_flight(lambda: self._in_flight, self.alive, timeout)
 
     def alive(self) -> bool:
-        """False once the task that joins and commits has died (liveness)."""
+        """False once the task that joins or the one that commits has died (liveness)."""
         return not any(task.done() for task in self._tasks)
 
     async def _batches(self, events: list[Any]) -> list[_Batch]:
