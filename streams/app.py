@@ -249,7 +249,8 @@ def create_app(settings: Settings) -> Worker:
     input_order = InputOrderGuard(lambda: app.consumer, resume_offset=resume_offset,
                                   gaps_after_start=settings.processing_guarantee == "exactly_once")
     join = JoinStage(settings, app, replica, commit, input_order,
-                     found_backlog=functools.partial(resume_offsets.lag, settings.unjoined_topic, 0, 5.0))
+                     found_backlog=functools.partial(resume_offsets.lag, settings.unjoined_topic, 0, 5.0),
+                     input_buffer_fill=lambda: app.consumer.buffer_fill(settings.input_topic))
     found = FoundStage(settings, app, store, replica, commit, input_order, resume_offsets)
     worker = Worker(settings, app, store, replica, join, found, resume_offsets=resume_offsets)
     app.photoclust = worker

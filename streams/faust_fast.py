@@ -121,6 +121,17 @@ class Consumer(_aiokafka.Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
+    def buffer_fill(self, topic: str) -> float:
+        """How full the fullest channel of ``topic``'s partitions is (0 to 1; 0 if none is known)."""
+        fill = 0.0
+        for tp, callback in list(self.app.topics._tp_to_callback.items()):
+            if tp.topic == topic:
+                for channel in getattr(callback, "channels", ()):
+                    queue = channel.queue
+                    if queue.maxsize:
+                        fill = max(fill, queue.qsize() / queue.maxsize)
+        return fill
+
     def _channels(self, tp: Any) -> Any:
         """The channels the conductor delivers ``tp`` to (None: not known, e.g. without Cython)."""
         return getattr(self.app.topics._tp_to_callback.get(tp), "channels", None)

@@ -50,6 +50,10 @@ log = logging.getLogger("photoclust")
 JOIN_BATCH_BYTES = 4 * 1024 * 1024
 # How often a join stage that holds back reads the found stage's backlog again.
 HOLD_BACK_POLL_S = 0.02
+# The join stage holds back only while Faust's buffer of its input is less full than this: a full
+# buffer stops Faust's hand-over of every partition of the worker, the unjoined one too, and a
+# found stage that gets no photos would never catch up (seen: the demo's single events stalled).
+HOLD_BACK_MAX_BUFFER_FILL = 0.5
 
 
 @dataclass
@@ -78,7 +82,8 @@ class JoinStage:
     """Joins input photos against this worker's copy of the centers; the ``join_photos`` agent calls it."""
 
     def __init__(self, settings: Settings, app: Any, replica: CentersReplica, commit: CommitSequence,
-                 input_order: InputOrderGuard, found_backlog: Callable[[], int] | None = None) -> None:
+                 input_order: InputOrderGuard, found_backlog: Callable[[], int] | None = None,
+                 input_buffer_fill: Callable[[], float] = lambda: 0.0) -> None:
         self.settings = settings
         self.app = app
         self.replica = replica
@@ -86,6 +91,7 @@ class JoinStage:
         self.input_order = input_order
         # Records of the unjoined topic the found stage has not committed (blocking: asks the broker).
         self.found_backlog = found_backlog
+        self.input_buffer_fill = input_buffer_fill  # how full Faust's buffer of the input is (0 to 1)
         self._backlog_read: tuple[int, float] | None = None  # (records, monotonic time read)
         self._forwarded_records = 0  # records this stage sent to the unjoined topic
         self._forwarded_since_read = 0
@@ -243,7 +249,9 @@ class JoinStage:
         decoded and joined a second time there. Held back, this stage joins them itself. The
         backlog is read from the broker only when the records sent since the last reading could
         have taken it past the limit. Never while the stage stops or hands its partitions over,
-        and a backlog that cannot be read does not hold anything back.
+        nor once Faust's buffer of the input is half full (a full one would stop the hand-over of
+        the unjoined partition's records too, and the found stage could never catch up), and a
+        backlog that cannot be read does not hold anything back.
         """
         ahead = self.settings.forward_ahead_windows
         if not ahead or self.found_backlog is None or not self._forwarded_records:
@@ -252,7 +260,7 @@ class JoinStage:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            while not (self._stopping or self._paused):
+            while not (self._stopping or self._paused or self.input_buffer_fill() >= HOLD_BACK_MAX_BUFFER_FILL):
                 now = time.monotonic()
                 if self._backlog_read is not None and self._backlog_read[0] + self._forwarded_since_read <= limit:
                     return

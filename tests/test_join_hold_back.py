@@ -27,10 +27,11 @@ class Backlog:
         return reading
 
 
-def _stage(backlog: Backlog, ahead: float = 2.0, forwarded_photos: int = 1000, forwarded_records: int = 10) -> JoinStage:
+def _stage(backlog: Backlog, ahead: float = 2.0, forwarded_photos: int = 1000, forwarded_records: int = 10,
+           buffer_fill: float = 0.0) -> JoinStage:
     # 100 photos per forwarded record and windows of 1,000 photos: 2 windows ahead are 20 records.
     stage = JoinStage(Settings(window_size=1000, forward_ahead_windows=ahead), None, None, None, None,
-                      found_backlog=backlog)
+                      found_backlog=backlog, input_buffer_fill=lambda: buffer_fill)
     stage.counters["forwarded"] = forwarded_photos
     stage._forwarded_records = forwarded_records
     return stage
@@ -60,6 +61,15 @@ def test_it_never_holds_back_a_stage_that_stops_or_hands_over(state):
     backlog = Backlog(1000)
     stage = _stage(backlog)
     setattr(stage, f"_{state}", True)
+    asyncio.run(asyncio.wait_for(stage._hold_back(), 1.0))
+    assert backlog.calls == 0
+
+
+def test_never_once_the_input_buffer_is_half_full():
+    # A full buffer would stop Faust's hand-over of the unjoined partition too: the found stage
+    # would get no photos, and the join stage would wait for it forever.
+    backlog = Backlog(1000)
+    stage = _stage(backlog, buffer_fill=0.5)
     asyncio.run(asyncio.wait_for(stage._hold_back(), 1.0))
     assert backlog.calls == 0
 
