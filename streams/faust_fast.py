@@ -124,9 +124,9 @@ class Consumer(_aiokafka.Consumer):
     def buffer_fill(self, topic: str) -> float:
         """How full the fullest channel of ``topic``'s partitions is (0 to 1; 0 if none is known)."""
         fill = 0.0
-        for tp, callback in list(self.app.topics._tp_to_callback.items()):
+        for tp in list(self.app.topics._tp_to_callback):
             if tp.topic == topic:
-                for channel in getattr(callback, "channels", ()):
+                for channel in self._channels(tp) or ():
                     queue = channel.queue
                     if queue.maxsize:
                         fill = max(fill, queue.qsize() / queue.maxsize)

@@ -126,18 +126,22 @@ class ResumeOffsets:
         self._lock = threading.Lock()
 
     def __call__(self, topic: str, partition: int, timeout: float = 30.0) -> int:
-        with self._lock:
-            if self._consumer is None:
-                self._consumer = _group_consumer(self.settings)
-            return _resume_offset(self._consumer, topic, partition, timeout)
+        return self._resume_and_end(topic, partition, timeout)[0]
 
     def lag(self, topic: str, partition: int, timeout: float = 30.0) -> int:
         """Records of the partition after where the group resumes it: what its owner has not committed."""
+        resume, end = self._resume_and_end(topic, partition, timeout)
+        return max(0, end - resume)
+
+    def _resume_and_end(self, topic: str, partition: int, timeout: float) -> tuple[int, int]:
+        """Where the group resumes the partition, and its end (high watermark): one look-up of each."""
         with self._lock:
             if self._consumer is None:
                 self._consumer = _group_consumer(self.settings)
-            _, high = watermarks(self._consumer, TopicPartition(topic, partition), timeout)
-            return max(0, high - _resume_offset(self._consumer, topic, partition, timeout))
+            tp = TopicPartition(topic, partition)
+            committed = self._consumer.committed([tp], timeout=timeout)[0].offset
+            low, high = watermarks(self._consumer, tp, timeout)
+            return (max(committed, low) if committed >= 0 else low), high
 
     def close(self) -> None:
         with self._lock:
@@ -150,13 +154,6 @@ def _group_consumer(settings: Settings) -> Consumer:
     """A consumer of the worker group's id that never subscribes: it only reads committed offsets."""
     return Consumer(settings.confluent_config(**{
         "group.id": settings.app_id, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
-
-
-def _resume_offset(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
-    tp = TopicPartition(topic, partition)
-    committed = consumer.committed([tp], timeout=timeout)[0].offset
-    low, _ = watermarks(consumer, tp, timeout)
-    return max(committed, low) if committed >= 0 else low
 
 
 def catch_up(settings: Settings, store: Any, topic: str, timeout: float = 300.0, batch: int = 1000) -> int:
