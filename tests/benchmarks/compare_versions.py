@@ -60,9 +60,12 @@ def worker_over_baseline(rates_of_run: dict[str, float]) -> dict[str, float]:
     out = {}
     for name, value in rates_of_run.items():
         mode, _, kind = name.partition("/")
-        if kind.startswith("backlog") and f"{mode}/baseline{kind[len('backlog'):]}" in rates_of_run:
-            out[f"{mode}: worker/baseline{kind[len('backlog'):]}"] = round(
-                value / rates_of_run[f"{mode}/baseline{kind[len('backlog'):]}"], 3)
+        if not kind.startswith("backlog"):
+            continue
+        suffix = kind[len("backlog"):]  # "" or " after window 0"
+        baseline = rates_of_run.get(f"{mode}/baseline{suffix}")
+        if baseline is not None:
+            out[f"{mode}: worker/baseline{suffix}"] = round(value / baseline, 3)
     return out
 
 
